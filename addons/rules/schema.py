@@ -1,0 +1,211 @@
+"""The rule files (SPEC 3) as typed objects. Each capability keeps its own schema beside its code
+(credentials/schema.py, signing/schema.py); this module composes them into files."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import AfterValidator, Field, field_validator, model_validator
+
+from addons.credentials.schema import CredentialsSpec, NoCredentials
+from addons.rules.fields import Duration, Model, Name, RateField, Secret, TimeZone
+from addons.signing.schema import SigningSpec
+
+HTTP_METHODS = {"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"}
+
+
+def _check_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{value!r} is not an http:// or https:// URL")
+    if parts.query or parts.fragment:
+        raise ValueError(f"{value!r}: an upstream URL takes no query or fragment")
+    try:
+        parts.port  # noqa: B018 - raises on a bad port
+    except ValueError:
+        raise ValueError(f"{value!r} has an invalid port") from None
+    return value.rstrip("/")
+
+
+UpstreamURL = Annotated[str, AfterValidator(_check_url)]
+
+
+def _upper_method(value: str) -> str:
+    method = value.upper()
+    if method not in HTTP_METHODS:
+        raise ValueError(f"unknown HTTP method {value!r}")
+    return method
+
+
+HttpMethod = Annotated[str, AfterValidator(_upper_method)]
+
+
+class QuotaSpec(Model):
+    limit: RateField
+    per: Literal["app", "service"] = "app"
+    tz: TimeZone = None
+
+
+class UpstreamSpec(Model):
+    url: UpstreamURL
+    backup: UpstreamURL | None = None
+    timeout: Duration = 10.0
+
+
+RetryOn = Literal["timeout", "connect"] | int
+
+
+class RetrySpec(Model):
+    attempts: int = Field(3, ge=1, le=10)
+    backoff: Duration = 0.2
+    max_backoff: Duration = 2.0
+    deadline: Duration | None = None  # default: enough for every attempt and wait
+    on: list[RetryOn] = ["timeout", "connect", 502, 503, 504]
+    methods: list[HttpMethod] = ["GET", "HEAD", "OPTIONS", "PUT", "DELETE"]
+
+    @field_validator("on")
+    @classmethod
+    def _codes(cls, value: list[Any]) -> list[Any]:
+        for item in value:
+            if isinstance(item, int) and not (100 <= item <= 599 or -1999 <= item <= -1000):
+                raise ValueError(f"retry.on: {item} is neither an HTTP status nor an upstream code (-1xxx)")
+        return value
+
+
+class HealthSpec(Model):
+    path: str = "/"
+    interval: Duration = 10.0
+    timeout: Duration = 2.0
+    unhealthy_after: int = Field(3, ge=1)
+    healthy_after: int = Field(2, ge=1)
+
+
+class FallbackSpec(Model):
+    code: int = -1003
+    message: str | None = None
+    data: Any = None
+
+
+class JsonEnvelope(Model):
+    type: Literal["json"]
+    success_field: str | None = None  # absent: any 2xx answer is success
+    success_values: list[Any] = [0, "0", True, "success", "SUCCESS", "ok", "OK"]
+    message_field: str | None = None
+    data_field: str | None = None  # absent: the whole body is data
+    codes: dict[str, int] = {}  # provider code -> gateway code, for codes the defaults misjudge
+
+
+class NamedEnvelope(Model):
+    type: Literal["wechat", "alipay", "xml", "raw"]
+
+
+EnvelopeKind = Literal["wechat", "alipay", "json", "xml", "raw"]
+EnvelopeSpec = EnvelopeKind | Annotated[JsonEnvelope | NamedEnvelope, Field(discriminator="type")]
+
+
+def _check_path(value: str) -> str:
+    if not value.startswith("/"):
+        raise ValueError(f"path {value!r} must start with '/'")
+    if re.search(r"\{(?![A-Za-z_][A-Za-z0-9_]*\})", value):
+        raise ValueError(f"path {value!r}: a template is written {{name}}")
+    return value
+
+
+Path = Annotated[str, AfterValidator(_check_path)]
+
+
+class MethodSpec(Model):
+    method: HttpMethod | None = None  # absent: any HTTP method (explicit calls use GET)
+    path: Path
+    quota: list[QuotaSpec] = []
+    timeout: Duration | None = None  # overrides upstream.timeout for this method
+
+
+class ServiceSpec(Model):
+    service: Name
+    hosts: list[str] = []
+    upstream: UpstreamSpec
+    credentials: CredentialsSpec = NoCredentials()
+    signing: SigningSpec | None = None
+    envelope: EnvelopeSpec = "json"
+    retry: RetrySpec | None = None
+    quota: list[QuotaSpec] = []
+    health: HealthSpec | None = None
+    fallback: FallbackSpec | None = None
+    methods: dict[Name, MethodSpec] = {}
+    unmatched: Literal["allow", "deny"] = "allow"
+
+    @field_validator("hosts")
+    @classmethod
+    def _lower_hosts(cls, value: list[str]) -> list[str]:
+        return [h.strip().lower().rstrip(".") for h in value]
+
+    @model_validator(mode="after")
+    def _default_hosts(self) -> ServiceSpec:
+        if not self.hosts:
+            object.__setattr__(self, "hosts", [urlsplit(self.upstream.url).hostname or ""])
+        return self
+
+
+def _check_pattern(value: str) -> str:
+    if value != "*" and not re.match(r"^[A-Za-z0-9_*-]+(\.[A-Za-z0-9_*-]+)?$", value):
+        raise ValueError(f"allow pattern {value!r} must look like 'service.method', 'service.*' or '*'")
+    return value
+
+
+class AppQuotaSpec(Model):
+    limit: RateField
+    per: Literal["app"] = "app"
+    tz: TimeZone = None
+
+
+class AppSpec(Model):
+    secret: Secret | None = None
+    sources: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+    allow: list[Annotated[str, AfterValidator(_check_pattern)]] = ["*"]
+    quota: list[AppQuotaSpec] = []
+    envelope: Literal["raw", "unified"] | None = None
+
+    @field_validator("sources", mode="before")
+    @classmethod
+    def _strict_false(cls, value: Any) -> Any:
+        # "10.1.0.1/16" has host bits set; accept it as the network an operator meant.
+        if isinstance(value, list):
+            return [ipaddress.ip_network(v, strict=False) if isinstance(v, str) else v for v in value]
+        return value
+
+    @model_validator(mode="after")
+    def _identifiable(self) -> AppSpec:
+        if self.secret is None and not self.sources:
+            raise ValueError("an app needs a 'secret' or 'sources' to be identified by")
+        return self
+
+
+class RedactRule(Model):
+    pattern: str
+    replace: str = "***"
+
+    @field_validator("pattern")
+    @classmethod
+    def _compiles(cls, value: str) -> str:
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"redact pattern {value!r} does not compile: {exc}") from None
+        return value
+
+
+class GatewaySpec(Model):
+    require_app: bool = True
+    unknown_hosts: Literal["allow", "deny"] = "allow"
+    state_failure: Literal["open", "closed"] = "open"
+    instances: int = Field(1, ge=1)
+    redact: list[RedactRule] = []
+
+
+class AppsFile(Model):
+    apps: dict[Name, AppSpec] = {}
+    gateway: GatewaySpec | None = None
