@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# From a fresh clone to a green test run: Python >= 3.12 venv, the project with its test extras,
+# redis-server for the quota tests, then ruff and pytest. Arguments go to pytest.
+set -euo pipefail
+source "$(dirname "$0")/scripts/env.sh"
+cd "$GW_ROOT"
+gw_ensure_venv test
+gw_apt_ensure redis-server redis-server || gw_log "gateway: redis-server unavailable; Redis tests will be skipped"
+gw_apt_ensure curl curl || true
+"$GW_PY" -m ruff check addons tests bench
+exec "$GW_PY" -m pytest -p no:cacheprovider "$@"
