@@ -1,0 +1,102 @@
+"""The access log (SPEC 10): one redacted JSON object per call, one line, written off the event loop.
+
+Lines go through a queue to a writer thread, so a slow disk or a blocked stdout pipe never stalls the
+proxy; the queue is bounded and a full queue drops (and counts) lines rather than growing memory."""
+
+from __future__ import annotations
+
+import json
+import queue
+import sys
+import threading
+import time
+from datetime import UTC, datetime
+from typing import IO, Any
+
+from addons.call import Call
+from addons.redact import Redactor
+
+_STOP = object()
+
+
+def rfc3339(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def log_record(call: Call, redactor: Redactor) -> dict[str, Any]:
+    return {
+        "ts": rfc3339(call.ts),
+        "request_id": call.request_id,
+        "app": call.app,
+        "service": call.service,
+        "method": call.method,
+        "http_method": call.http_method,
+        "url": redactor.url(call.url),
+        "status": call.status,
+        "code": call.code,
+        "source": _source(call.code),
+        "attempts": call.attempts,
+        "target": call.target,
+        "latency_ms": round((time.perf_counter() - call.started) * 1000, 2),
+        "upstream_ms": None if call.upstream_ms is None else round(call.upstream_ms, 2),
+        "error": redactor.text(call.error) if call.error else None,
+        **({"degraded": "state"} if call.degraded else {}),
+    }
+
+
+def _source(code: int | None) -> str | None:
+    from addons.errors import source_of
+
+    return None if code is None else source_of(code)
+
+
+class AccessLog:
+    def __init__(self, path: str | None, max_queue: int = 100_000) -> None:
+        self.path = path or None
+        self.dropped = 0
+        self._queue: queue.Queue[object] = queue.Queue(max_queue)
+        self._thread = threading.Thread(target=self._run, name="gateway-access-log", daemon=True)
+        self._thread.start()
+
+    def write(self, record: dict[str, Any]) -> None:
+        line = json.dumps(record, ensure_ascii=False, separators=(",", ":"), default=str)
+        try:
+            self._queue.put_nowait(line)
+        except queue.Full:
+            self.dropped += 1
+
+    def _open(self) -> IO[str]:
+        if self.path:
+            return open(self.path, "a", encoding="utf-8", buffering=1)  # noqa: SIM115 - held by the thread
+        return sys.stdout
+
+    def _run(self) -> None:
+        out = self._open()
+        try:
+            while True:
+                item = self._queue.get()
+                if item is _STOP:
+                    break
+                lines = [item]
+                # Drain what is waiting, so a burst costs one write and one flush.
+                while len(lines) < 512:
+                    try:
+                        more = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if more is _STOP:
+                        self._queue.put(_STOP)
+                        break
+                    lines.append(more)
+                try:
+                    out.write("\n".join(str(x) for x in lines) + "\n")
+                    out.flush()
+                except (OSError, ValueError):
+                    self.dropped += len(lines)
+        finally:
+            if out is not sys.stdout:
+                out.close()
+
+    def close(self, timeout: float = 2.0) -> None:
+        self._queue.put(_STOP)
+        self._thread.join(timeout)

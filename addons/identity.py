@@ -1,0 +1,111 @@
+"""Who is calling (SPEC 7): Basic proxy credentials, signed requests, client addresses; and what
+each app may call. Compiled once per rule set; lookups are dict and constant-time comparisons."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import ipaddress
+import re
+from dataclasses import dataclass
+from fnmatch import translate
+
+from addons.errors import Code, GatewayError
+from addons.rules.schema import AppSpec
+
+SIGNATURE_WINDOW = 300.0  # seconds either side of the gateway's clock
+NONCE_RE = re.compile(r"^[A-Za-z0-9._~+/=-]{8,64}$")
+GATEWAY_HEADERS = ("x-gateway-app", "x-gateway-timestamp", "x-gateway-nonce", "x-gateway-signature")
+
+
+def parse_basic(value: str) -> tuple[str, str] | None:
+    """`Basic base64(user:password)` -> (user, password); None when absent or malformed."""
+    scheme, _, encoded = value.strip().partition(" ")
+    if scheme.lower() != "basic" or not encoded:
+        return None
+    try:
+        decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    user, sep, password = decoded.partition(":")
+    return (user, password) if sep else None
+
+
+@dataclass(frozen=True)
+class SignedRequest:
+    app: str
+    timestamp: str
+    nonce: str
+    signature: str
+
+
+def string_to_sign(method: str, path_and_query: str, timestamp: str, nonce: str, body: bytes) -> bytes:
+    return "\n".join((method.upper(), path_and_query, timestamp, nonce, hashlib.sha256(body).hexdigest())).encode()
+
+
+def sign(secret: str, method: str, path_and_query: str, timestamp: str, nonce: str, body: bytes) -> str:
+    """What a caller computes for `X-Gateway-Signature` (exported for client libraries and tests)."""
+    return hmac.new(secret.encode(), string_to_sign(method, path_and_query, timestamp, nonce, body),
+                    hashlib.sha256).hexdigest()
+
+
+class AppDirectory:
+    def __init__(self, apps: dict[str, AppSpec]) -> None:
+        self.apps = apps
+        self._secrets = {name: app.secret.get_secret_value().encode() for name, app in apps.items()
+                         if app.secret is not None}
+        networks = [(net, name) for name, app in apps.items() for net in app.sources]
+        # Most specific network first, so a /32 for one host beats the /16 of its subnet.
+        self._networks = sorted(networks, key=lambda item: -item[0].prefixlen)
+        self._allow = {name: re.compile("|".join(translate(p) for p in app.allow)) for name, app in apps.items()}
+        self._allowed: dict[tuple[str, str], bool] = {}  # cache: names are configured, so this is bounded
+
+    def check_password(self, app: str, password: str) -> bool:
+        expected = self._secrets.get(app)
+        # compare_digest even for unknown apps, so timing does not tell which app names exist.
+        return hmac.compare_digest(expected or b"\0" * 32, password.encode()) and expected is not None
+
+    def by_address(self, address: str) -> str | None:
+        if not self._networks:
+            return None
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return None
+        if ip.version == 6 and ip.ipv4_mapped:
+            ip = ip.ipv4_mapped
+        for network, name in self._networks:
+            if ip.version == network.version and ip in network:
+                return name
+        return None
+
+    def verify_signature(self, signed: SignedRequest, method: str, path_and_query: str, body: bytes,
+                         now: float) -> None:
+        """Raises -2002 unless the signature, its clock and its nonce format are right (nonce reuse is
+        checked by the caller in the shared store, after the signature, so garbage cannot fill it)."""
+        secret = self._secrets.get(signed.app)
+        if secret is None:
+            raise GatewayError(Code.CALLER_SIGNATURE, f"signed request from unknown app {signed.app!r}")
+        try:
+            timestamp = int(signed.timestamp)
+        except ValueError:
+            raise GatewayError(Code.CALLER_SIGNATURE, "X-Gateway-Timestamp must be unix seconds") from None
+        if abs(now - timestamp) > SIGNATURE_WINDOW:
+            raise GatewayError(Code.CALLER_SIGNATURE, "signed request expired (timestamp more than 300 s from the gateway's clock)")
+        if not NONCE_RE.match(signed.nonce):
+            raise GatewayError(Code.CALLER_SIGNATURE, "X-Gateway-Nonce must be 8 to 64 characters")
+        expected = hmac.new(secret, string_to_sign(method, path_and_query, signed.timestamp, signed.nonce, body),
+                            hashlib.sha256).hexdigest()
+        if not hmac.compare_digest(expected, signed.signature.strip().lower()):
+            raise GatewayError(Code.CALLER_SIGNATURE, "request signature invalid")
+
+    def allowed(self, app: str, rule: str) -> bool:
+        key = (app, rule)
+        decision = self._allowed.get(key)
+        if decision is None:
+            pattern = self._allow.get(app)
+            decision = bool(pattern and pattern.match(rule))
+            self._allowed[key] = decision
+        return decision
