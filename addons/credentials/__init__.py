@@ -1,0 +1,83 @@
+"""Provider credentials (SPEC 6): what the gateway injects so that applications hold no secret.
+
+Every credential replaces what the app itself sent (never merges), and is applied to the outbound
+request only: the caller's request as mitmproxy stores and shows it never carries an injected secret."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from addons.credentials.schema import CredentialsSpec, NoCredentials, StaticCredentials
+from addons.outbound import OutboundRequest
+
+
+class Credential(Protocol):
+    async def apply(self, req: OutboundRequest) -> None:
+        """Inject the credential; raises GatewayError (-1002 token refused, -3001 misconfigured)."""
+
+    def rejected(self, status: int, provider_code: str | None) -> bool:
+        """Whether this answer means the injected token is no longer valid (refresh and retry once)."""
+
+    async def refresh(self) -> None:
+        """Drop the cached token and fetch a new one (one refresh at a time across the fleet)."""
+
+    def local_answer(self, path: str, http_method: str) -> bytes | None:
+        """A body the gateway answers itself instead of calling the provider (WeChat's token endpoint)."""
+
+    def secrets(self) -> list[str]:
+        """Values that must never be written anywhere (registered with the redactor)."""
+
+    async def close(self) -> None: ...
+
+
+class NoCredential:
+    async def apply(self, req: OutboundRequest) -> None:
+        return None
+
+    def rejected(self, status: int, provider_code: str | None) -> bool:
+        return False
+
+    async def refresh(self) -> None:
+        return None
+
+    def local_answer(self, path: str, http_method: str) -> bytes | None:
+        return None
+
+    def secrets(self) -> list[str]:
+        return []
+
+    async def close(self) -> None:
+        return None
+
+
+class StaticCredential(NoCredential):
+    def __init__(self, spec: StaticCredentials) -> None:
+        self.spec = spec
+        self.value = spec.prefix + spec.value.get_secret_value()
+
+    async def apply(self, req: OutboundRequest) -> None:
+        if self.spec.header is not None:
+            req.headers.popall(self.spec.header, None)
+            req.headers[self.spec.header] = self.value
+        elif self.spec.query is not None:
+            req.set_query(self.spec.query, self.value)
+
+    def secrets(self) -> list[str]:
+        return [self.spec.value.get_secret_value()]
+
+
+def make_credential(spec: CredentialsSpec, context: CredentialContext) -> Credential:
+    if isinstance(spec, NoCredentials):
+        return NoCredential()
+    if isinstance(spec, StaticCredentials):
+        return StaticCredential(spec)
+    from addons.credentials.tokens import make_token_credential
+
+    return make_token_credential(spec, context)
+
+
+class CredentialContext(Protocol):
+    """What token credentials need from the running gateway (the store, the HTTP client, metrics)."""
+
+    service: str
+    upstream_url: str

@@ -1,0 +1,81 @@
+"""Writes each call's access-log line and counts it in the metrics, once, whatever way it ended."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from mitmproxy import ctx, http
+
+from addons.accesslog import AccessLog, log_record
+from addons.chain.context import GatewayContext
+from addons.errors import Code
+from addons.redact import Redactor
+
+log = logging.getLogger("gateway")
+
+# Pass-through answers (hosts no service owns) get a code from their HTTP status, like the adapters do.
+_STATUS_CODES = {401: Code.UPSTREAM_AUTH, 403: Code.UPSTREAM_AUTH, 400: Code.CALLER_INVALID,
+                 404: Code.CALLER_INVALID, 422: Code.CALLER_INVALID, 429: Code.UPSTREAM_RATE_LIMITED,
+                 503: Code.UPSTREAM_UNAVAILABLE}
+
+
+def passthrough_code(status: int) -> int:
+    if status < 400:
+        return Code.OK
+    return _STATUS_CODES.get(status, Code.UPSTREAM_ERROR)
+
+
+class AccessLogger:
+    def __init__(self, gw: GatewayContext) -> None:
+        self.gw = gw
+        self._fallback_redactor = Redactor([])
+
+    def load(self, loader) -> None:  # type: ignore[no-untyped-def]
+        loader.add_option("gateway_log", str, "", "File for the access log (JSON lines); empty: stdout.")
+
+    def configure(self, updated: set[str]) -> None:
+        if "gateway_log" in updated:
+            old = self.gw.access_log
+            self.gw.access_log = AccessLog(ctx.options.gateway_log or None)
+            if old is not None:
+                old.close()
+
+    def done(self) -> None:
+        if self.gw.access_log is not None:
+            self.gw.access_log.close()
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        call = self.gw.calls.get(flow)
+        if call is None or flow.response is None:
+            return
+        if call.passthrough and call.code is None:
+            call.status = flow.response.status_code
+            call.code = passthrough_code(call.status)
+            call.attempts = 1
+        self._finish(flow)
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        call = self.gw.calls.get(flow)
+        if call is None or call.logged:
+            return
+        if call.code is None:
+            call.code = Code.UPSTREAM_UNAVAILABLE if call.passthrough else Code.GATEWAY_INTERNAL
+            call.status = 502
+        call.error = call.error or (flow.error.msg if flow.error else "connection error")
+        self._finish(flow)
+
+    def _finish(self, flow: http.HTTPFlow) -> None:
+        call = self.gw.calls.get(flow)
+        if call is None or call.logged:
+            return
+        call.logged = True
+        try:
+            code = call.code if call.code is not None else Code.OK
+            self.gw.metrics.observe_call(call.service, call.method, call.app, code,
+                                         time.perf_counter() - call.started)
+            redactor = self.gw.compiled.redactor if self.gw.compiled else self._fallback_redactor
+            if self.gw.access_log is not None:
+                self.gw.access_log.write(log_record(call, redactor))
+        except Exception as exc:  # logging must never break the answer already given
+            log.error("gateway: access log failed for %s: %s", call.request_id, type(exc).__name__)

@@ -1,0 +1,107 @@
+"""What the addons of the chain share: the compiled rules, the state store, metrics, the access log,
+the upstream HTTP session, and each flow's Call. Plus the two things every hook needs: answering a
+call with an envelope, and failing closed when our own code raises."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+import weakref
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import aiohttp
+from mitmproxy import http
+
+from addons.call import Call, request_id_from
+from addons.envelope import render
+from addons.errors import Code, GatewayError, http_status
+from addons.metrics import Metrics
+
+if TYPE_CHECKING:
+    from addons.accesslog import AccessLog
+    from addons.runtime import Compiled
+    from addons.state.base import StateStore
+    from addons.upstream.health import HealthRegistry
+
+log = logging.getLogger("gateway")
+
+JSON = "application/json; charset=utf-8"
+
+
+class GatewayContext:
+    def __init__(self) -> None:
+        self.compiled: Compiled | None = None
+        self.store: StateStore | None = None
+        self.metrics = Metrics()
+        self.access_log: AccessLog | None = None
+        self.session: aiohttp.ClientSession | None = None
+        self.health: HealthRegistry | None = None
+        self.started = time.time()
+        self.last_reload_error: list[str] = []
+        self.last_reload_at: float | None = None
+        # The Call of each live flow; weak, so a flow that mitmproxy drops takes its Call with it.
+        self.calls: weakref.WeakKeyDictionary[http.HTTPFlow, Call] = weakref.WeakKeyDictionary()
+        self.on_rules_changed: list[Callable[[Compiled], None]] = []
+
+    def http(self) -> aiohttp.ClientSession:
+        if self.session is None or self.session.closed:
+            from addons.upstream.forwarder import make_session
+
+            self.session = make_session()
+        return self.session
+
+    def call(self, flow: http.HTTPFlow) -> Call:
+        call = self.calls.get(flow)
+        if call is None:
+            call = Call(request_id_from(flow.request.headers.get("x-request-id")), flow.request.method,
+                        flow.request.pretty_url)
+            self.calls[flow] = call
+        return call
+
+
+def answer(flow: http.HTTPFlow, call: Call, code: int, message: str, data: Any = None,
+           headers: dict[str, str] | None = None, status: int | None = None) -> None:
+    """End the call here with an envelope the gateway makes itself (never raw, whatever the rule)."""
+    call.code = code
+    call.message = message
+    body = render(code, message, data, call.request_id)
+    response = http.Response.make(status or http_status(code), body, {"Content-Type": JSON})
+    response.headers["X-Request-ID"] = call.request_id
+    if code != 0:
+        response.headers["X-Gateway-Code"] = str(code)
+    for name, value in {**call.headers, **(headers or {})}.items():
+        response.headers[name] = value
+    call.status = response.status_code
+    flow.response = response
+
+
+def fail(flow: http.HTTPFlow, call: Call, error: GatewayError, rule: str | None = None) -> None:
+    message = error.message if rule is None or error.message.startswith(rule) else f"{rule}: {error.message}"
+    if error.detail:
+        call.error = error.detail
+    answer(flow, call, error.code, message, headers=error.headers)
+
+
+F = TypeVar("F", bound=Callable[..., Awaitable[None]])
+
+
+def fail_closed(hook: F) -> F:
+    """An exception in a hook would let mitmproxy forward the request unchecked: answer -3002 instead."""
+
+    @functools.wraps(hook)
+    async def guarded(self: Any, flow: http.HTTPFlow) -> None:
+        try:
+            await hook(self, flow)
+        except Exception as exc:
+            gw: GatewayContext = self.gw
+            call = gw.call(flow)
+            # The exception text may quote request data; only its type and location go to the log.
+            log.error("internal error in %s.%s for request %s: %s", type(self).__name__, hook.__name__,
+                      call.request_id, type(exc).__name__, exc_info=log.isEnabledFor(logging.DEBUG))
+            call.error = f"internal error ({type(exc).__name__})"
+            if flow.response is None or hook.__name__ != "response":
+                answer(flow, call, Code.GATEWAY_INTERNAL, "gateway internal error")
+
+    return guarded  # type: ignore[return-value]

@@ -1,0 +1,84 @@
+"""Who is calling (SPEC 7): Proxy-Authorization on the request or its CONNECT, a signed request, or
+the client address. The caller's identity headers are removed here, so they never reach a provider."""
+
+from __future__ import annotations
+
+import time
+import weakref
+
+from mitmproxy import connection, http
+
+from addons.chain.context import GatewayContext, answer, fail, fail_closed
+from addons.errors import Code, GatewayError
+from addons.identity import GATEWAY_HEADERS, SignedRequest, parse_basic
+
+NONCE_TTL = 600.0  # twice the signature window: a replay inside the window is always remembered
+CHALLENGE = {"Proxy-Authenticate": 'Basic realm="gateway"'}
+
+
+class Identify:
+    def __init__(self, gw: GatewayContext) -> None:
+        self.gw = gw
+        # Apps identified on the CONNECT of a tunnel: every request inside it is theirs.
+        self.tunnels: weakref.WeakKeyDictionary[connection.Client, str] = weakref.WeakKeyDictionary()
+
+    @fail_closed
+    async def http_connect(self, flow: http.HTTPFlow) -> None:
+        value = flow.request.headers.pop("proxy-authorization", None)
+        if value is None or self.gw.compiled is None:
+            return  # the requests inside may still be signed, or come from a known address
+        credentials = parse_basic(value)
+        apps = self.gw.compiled.apps
+        if credentials is None or not apps.check_password(*credentials):
+            call = self.gw.call(flow)
+            call.app = credentials[0] if credentials else None
+            call.error = "wrong proxy credentials on CONNECT"
+            answer(flow, call, Code.CALLER_UNIDENTIFIED, "caller not identified: wrong app credentials",
+                   headers=CHALLENGE)
+            self.gw.metrics.observe_call("_", "_", None, Code.CALLER_UNIDENTIFIED, 0.0)
+            return
+        self.tunnels[flow.client_conn] = credentials[0]
+
+    @fail_closed
+    async def request(self, flow: http.HTTPFlow) -> None:
+        call = self.gw.call(flow)
+        compiled = self.gw.compiled
+        if compiled is None:
+            raise GatewayError(Code.GATEWAY_MISCONFIGURED, "gateway has no rules loaded")
+        headers = flow.request.headers
+        proxy_auth = headers.pop("proxy-authorization", None)
+        signed = self._signed(headers)
+        try:
+            if proxy_auth is not None:
+                credentials = parse_basic(proxy_auth)
+                if credentials is None or not compiled.apps.check_password(*credentials):
+                    raise GatewayError(Code.CALLER_UNIDENTIFIED, "caller not identified: wrong app credentials",
+                                       headers=CHALLENGE)
+                call.app = credentials[0]
+            elif flow.client_conn in self.tunnels:
+                call.app = self.tunnels[flow.client_conn]
+            elif signed is not None:
+                await self._verify(flow, signed)
+                call.app = signed.app
+            else:
+                call.app = compiled.apps.by_address(flow.client_conn.peername[0]) if flow.client_conn.peername else None
+            if call.app is None and compiled.gateway.require_app:
+                raise GatewayError(Code.CALLER_UNIDENTIFIED, "caller not identified: send app credentials "
+                                   "(Proxy-Authorization) or a signed request", headers=CHALLENGE)
+        except GatewayError as error:
+            fail(flow, call, error)
+
+    def _signed(self, headers: http.Headers) -> SignedRequest | None:
+        values = [headers.pop(name, None) for name in GATEWAY_HEADERS]
+        if values[0] is None and values[3] is None:
+            return None
+        app, timestamp, nonce, signature = (v or "" for v in values)
+        return SignedRequest(app, timestamp, nonce, signature)
+
+    async def _verify(self, flow: http.HTTPFlow, signed: SignedRequest) -> None:
+        assert self.gw.compiled is not None and self.gw.store is not None
+        request = flow.request
+        path = request.path if request.method != "CONNECT" else request.authority
+        self.gw.compiled.apps.verify_signature(signed, request.method, path, request.raw_content or b"", time.time())
+        if not await self.gw.store.first_use(f"nonce:{signed.app}:{signed.nonce}", NONCE_TTL):
+            raise GatewayError(Code.CALLER_SIGNATURE, "request replayed (nonce already used)")

@@ -1,0 +1,80 @@
+"""Which service and method a call is (SPEC 4), and whether its app may make it."""
+
+from __future__ import annotations
+
+from mitmproxy import http
+
+from addons.chain.context import GatewayContext, fail, fail_closed
+from addons.errors import Code, GatewayError
+from addons.rules.router import UNMATCHED
+
+EXPLICIT_HOST = "gateway.local"
+STREAM_THRESHOLD = 1024 * 1024  # bodies above this pass through natively without being buffered
+
+
+class Route:
+    def __init__(self, gw: GatewayContext) -> None:
+        self.gw = gw
+
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        # Native pass-through (hosts no service owns) streams large bodies instead of buffering them;
+        # service calls are buffered, since the gateway sends them itself and may retry or sign them.
+        compiled = self.gw.compiled
+        if compiled is None or flow.request.pretty_host == EXPLICIT_HOST:
+            return
+        if compiled.router.owner(flow.request.pretty_host) is None:
+            length = flow.request.headers.get("content-length", "")
+            if length.isdigit() and int(length) > STREAM_THRESHOLD:
+                flow.request.stream = True
+        else:
+            flow.request.stream = False
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        call = self.gw.calls.get(flow)
+        if call is None or not call.passthrough or flow.response is None:
+            return
+        length = flow.response.headers.get("content-length", "")
+        if flow.response.headers.get("content-type", "").startswith("text/event-stream") or (
+                length.isdigit() and int(length) > STREAM_THRESHOLD):
+            flow.response.stream = True
+
+    @fail_closed
+    async def request(self, flow: http.HTTPFlow) -> None:
+        if flow.response is not None:
+            return
+        call = self.gw.call(flow)
+        compiled = self.gw.compiled
+        assert compiled is not None
+        request = flow.request
+        try:
+            if request.pretty_host == EXPLICIT_HOST:
+                parts = request.path.split("?", 1)[0].strip("/").split("/")
+                if len(parts) != 2 or not all(parts):
+                    raise GatewayError(Code.CALLER_INVALID, f"call http://{EXPLICIT_HOST}/<service>/<method>")
+                route = compiled.router.explicit(parts[0], parts[1], dict(request.query))
+            else:
+                route = compiled.router.match(request.pretty_host, request.path, request.method)
+            if route is None:
+                call.passthrough = True
+                if compiled.gateway.unknown_hosts == "deny":
+                    raise GatewayError(Code.CALLER_FORBIDDEN,
+                                       f"egress to {request.pretty_host} is not allowed (no service owns it)")
+                return
+            call.route = route
+            call.service, call.method = route.service, route.method
+            if route.disabled is not None:
+                call.error = route.disabled.reason
+                raise GatewayError(Code.GATEWAY_MISCONFIGURED,
+                                   f"{route.service} is disabled: the gateway is missing its configuration")
+            if route.method == UNMATCHED and route.spec is not None and route.spec.unmatched == "deny":
+                raise GatewayError(Code.CALLER_INVALID, f"{route.service}: no such method for {request.method} "
+                                   f"{route.path}")
+            if call.app is not None and not compiled.apps.allowed(call.app, route.name):
+                raise GatewayError(Code.CALLER_FORBIDDEN, f"app {call.app} may not call {route.name}")
+            app_spec = compiled.rules.apps.get(call.app) if call.app else None
+            override = request.headers.pop("x-gateway-envelope", None)
+            mode = override if override in ("raw", "unified") else (app_spec.envelope if app_spec else None)
+            runtime = compiled.services.get(route.service)
+            call.raw = mode == "raw" if mode else bool(runtime and runtime.raw)
+        except GatewayError as error:
+            fail(flow, call, error, None)

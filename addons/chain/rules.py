@@ -1,0 +1,107 @@
+"""Loads `gateway_rules` into the running gateway, and reloads it on demand, all or nothing."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from mitmproxy import ctx, exceptions
+
+from addons.chain.context import GatewayContext
+from addons.rules.loader import Problem, RuleSet, load_directory
+from addons.runtime import Compiled, ServiceRuntime, compile_rules
+
+log = logging.getLogger("gateway")
+
+
+class CredentialContext:
+    """What token credentials get from the gateway (see credentials/__init__.py)."""
+
+    def __init__(self, gw: GatewayContext, service: str = "_", upstream_url: str = "") -> None:
+        self.gw = gw
+        self.service = service
+        self.upstream_url = upstream_url
+
+    def for_service(self, spec: object) -> CredentialContext:
+        return CredentialContext(self.gw, spec.service, spec.upstream.url)  # type: ignore[attr-defined]
+
+
+class Rules:
+    def __init__(self, gw: GatewayContext) -> None:
+        self.gw = gw
+        self.remote_sources: list[tuple[str, str]] = []  # documents from gateway_rules_url
+
+    def load(self, loader) -> None:  # type: ignore[no-untyped-def]
+        loader.add_option("gateway_rules", str, "rules", "Directory of the gateway's rule files (*.yaml, *.yml).")
+
+    def configure(self, updated: set[str]) -> None:
+        if "connection_strategy" in updated or "gateway_rules" in updated:
+            if ctx.options.connection_strategy != "lazy":
+                # Eager connects to the CONNECT target before a rule can route the call elsewhere.
+                log.warning("gateway: connection_strategy=%s; setting it to lazy so calls can be routed "
+                            "before any upstream connection is made", ctx.options.connection_strategy)
+                ctx.options.update(connection_strategy="lazy")
+        if "gateway_rules" in updated:
+            problems = self.reload("start" if self.gw.compiled is None else "option")
+            if problems and self.gw.compiled is None:
+                raise exceptions.OptionsError(
+                    "gateway: the rules do not load:\n" + "\n".join(str(p) for p in problems))
+
+    def reload(self, reason: str = "reload") -> list[Problem]:
+        """Validate the whole directory (plus remote documents) and swap it in; on any problem keep
+        the rules in force and report. Returns the problems (empty on success)."""
+        directory = ctx.options.gateway_rules
+        rules, problems = load_directory(directory, extra=self.remote_sources)
+        self.gw.last_reload_at = time.time()
+        if problems:
+            self.gw.last_reload_error = [str(p) for p in problems]
+            self.gw.metrics.reloaded("error")
+            keeping = "" if self.gw.compiled is None else f"; keeping rules version {self.gw.compiled.rules.version}"
+            log.error("gateway: rules in %s not loaded (%s)%s:\n  %s", directory, reason, keeping,
+                      "\n  ".join(str(p) for p in problems))
+            return problems
+        self.apply(rules, reason)
+        return []
+
+    def apply(self, rules: RuleSet, reason: str) -> None:
+        previous = self.gw.compiled
+        compiled, dropped = compile_rules(rules, previous, CredentialContext(self.gw))
+        if self.gw.health is not None:
+            kept = self.gw.health.apply({name: rt.health for name, rt in compiled.services.items()})
+            for name, health in kept.items():
+                compiled.services[name].health = health
+        self.gw.compiled = compiled
+        self.gw.last_reload_error = []
+        self.gw.metrics.reloaded("success")
+        self.gw.metrics.set_names(
+            set(compiled.services) | set(rules.disabled),
+            {f"{s}.{m}" for s, spec in rules.services.items() for m in spec.methods}
+            | {f"{s}._" for s in list(rules.services) + list(rules.disabled)},
+            set(rules.apps),
+        )
+        for listener in self.gw.on_rules_changed:
+            listener(compiled)
+        self._close_later(dropped)
+        if previous is None or previous.rules.version != rules.version:
+            log.info("gateway: rules version %s loaded (%s): %d service(s), %d app(s) from %d file(s)",
+                     rules.version, reason, len(rules.services), len(rules.apps), len(rules.files))
+        for name, disabled in rules.disabled.items():
+            log.warning("gateway: service %s is disabled: %s (calls get -3001)", name, disabled.reason)
+        for name, why in rules.disabled_apps.items():
+            log.warning("gateway: app %s is disabled: %s", name, why)
+
+    def _close_later(self, dropped: list[ServiceRuntime]) -> None:
+        if not dropped:
+            return
+        import asyncio
+
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        for runtime in dropped:
+            loop.create_task(runtime.close())
+
+    @property
+    def compiled(self) -> Compiled | None:
+        return self.gw.compiled

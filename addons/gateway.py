@@ -1,0 +1,37 @@
+"""The gateway's addon chain, in the order every call meets it:
+
+    mitmdump -s addons/gateway.py --set gateway_rules=rules [--set gateway_redis=redis://...]
+
+Each hook of each addon fails closed: if our code raises, the caller gets code -3002 and nothing
+goes upstream (mitmproxy itself would forward a request whose hook raised)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# mitmproxy loads this file as a script, not as part of the package: make the package importable.
+_ROOT = str(Path(__file__).resolve().parent.parent)
+if _ROOT not in sys.path:
+    sys.path.insert(0, _ROOT)
+
+from addons.chain.accesslog import AccessLogger  # noqa: E402
+from addons.chain.context import GatewayContext  # noqa: E402
+from addons.chain.forward import Forward  # noqa: E402
+from addons.chain.identify import Identify  # noqa: E402
+from addons.chain.quota import Quota  # noqa: E402
+from addons.chain.route import Route  # noqa: E402
+from addons.chain.rules import Rules  # noqa: E402
+from addons.chain.state import State  # noqa: E402
+
+gw = GatewayContext()
+
+addons = [
+    AccessLogger(gw),  # gateway_log; writes one line per call at its end (response/error hooks)
+    State(gw),         # gateway_redis: memory or Redis state with the state_failure fallback
+    Rules(gw),         # gateway_rules: load, validate, swap the rule set
+    Identify(gw),      # which app: Proxy-Authorization (request or CONNECT), signature, address
+    Route(gw),         # which service.method; allow lists; unmatched / unknown_hosts
+    Quota(gw),         # every applicable quota admits the call, or 429 -2004
+    Forward(gw),       # credentials, signature, timeouts, retries, failover, envelope
+]
