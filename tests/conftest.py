@@ -97,3 +97,18 @@ def redis_url(redis_server: RedisServer) -> str:
         redis_server.start()
     redis_server.flush()
     return redis_server.url
+
+
+@pytest.fixture(scope="session")
+def confdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One CA for the whole run (mitmproxy creates it on the first start), like certs/ in production."""
+    return tmp_path_factory.mktemp("certs")
+
+
+@pytest.fixture
+def fake() -> Iterator[object]:
+    from tests.fakes import FakeProvider
+
+    provider = FakeProvider()
+    yield provider
+    provider.close()

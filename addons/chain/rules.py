@@ -10,6 +10,7 @@ from mitmproxy import ctx, exceptions
 from addons.chain.context import GatewayContext
 from addons.rules.loader import Problem, RuleSet, load_directory
 from addons.runtime import Compiled, ServiceRuntime, compile_rules
+from addons.upstream.health import HealthRegistry, ServiceHealth, TargetHealth
 
 log = logging.getLogger("gateway")
 
@@ -66,10 +67,12 @@ class Rules:
     def apply(self, rules: RuleSet, reason: str) -> None:
         previous = self.gw.compiled
         compiled, dropped = compile_rules(rules, previous, CredentialContext(self.gw))
-        if self.gw.health is not None:
-            kept = self.gw.health.apply({name: rt.health for name, rt in compiled.services.items()})
-            for name, health in kept.items():
-                compiled.services[name].health = health
+        if self.gw.health is None:
+            self.gw.health = HealthRegistry(self.gw.http(), on_change=self._health_changed)
+        # Health state and probers outlive a reload when a service's targets and probes did not change.
+        kept = self.gw.health.apply({name: rt.health for name, rt in compiled.services.items()})
+        for name, health in kept.items():
+            compiled.services[name].health = health
         self.gw.compiled = compiled
         self.gw.last_reload_error = []
         self.gw.metrics.reloaded("success")
@@ -79,6 +82,9 @@ class Rules:
             | {f"{s}._" for s in list(rules.services) + list(rules.disabled)},
             set(rules.apps),
         )
+        for name, runtime in compiled.services.items():
+            for target in runtime.health.targets:
+                self.gw.metrics.set_up(name, target.name, target.up)
         for listener in self.gw.on_rules_changed:
             listener(compiled)
         self._close_later(dropped)
@@ -89,6 +95,9 @@ class Rules:
             log.warning("gateway: service %s is disabled: %s (calls get -3001)", name, disabled.reason)
         for name, why in rules.disabled_apps.items():
             log.warning("gateway: app %s is disabled: %s", name, why)
+
+    def _health_changed(self, health: ServiceHealth, target: TargetHealth, up: bool) -> None:
+        self.gw.metrics.set_up(health.service, target.name, up)
 
     def _close_later(self, dropped: list[ServiceRuntime]) -> None:
         if not dropped:
