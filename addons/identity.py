@@ -93,7 +93,8 @@ class AppDirectory:
         except ValueError:
             raise GatewayError(Code.CALLER_SIGNATURE, "X-Gateway-Timestamp must be unix seconds") from None
         if abs(now - timestamp) > SIGNATURE_WINDOW:
-            raise GatewayError(Code.CALLER_SIGNATURE, "signed request expired (timestamp more than 300 s from the gateway's clock)")
+            raise GatewayError(Code.CALLER_SIGNATURE,
+                               "signed request expired (timestamp more than 300 s from the gateway's clock)")
         if not NONCE_RE.match(signed.nonce):
             raise GatewayError(Code.CALLER_SIGNATURE, "X-Gateway-Nonce must be 8 to 64 characters")
         expected = hmac.new(secret, string_to_sign(method, path_and_query, signed.timestamp, signed.nonce, body),

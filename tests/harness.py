@@ -42,7 +42,7 @@ class Gateway:
             "--set", f"confdir={confdir}", "--set", "connection_strategy=lazy",
             "--set", f"gateway_rules={rules}", "--set", f"gateway_log={self.log_path}",
             "--set", f"gateway_redis={redis}",
-            "--set", f"gateway_admin={'127.0.0.1:%d' % self.admin_port if self.admin_port else 'off'}",
+            "--set", "gateway_admin=" + (f"127.0.0.1:{self.admin_port}" if self.admin_port else "off"),
             "--set", "flow_detail=0", *(args or []),
         ]
         self.env = {**os.environ, **(env or {})}
@@ -51,7 +51,7 @@ class Gateway:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, expect_ready: bool = True) -> Gateway:
-        self.out = open(self.out_path, "ab")  # noqa: SIM115 - closed in stop()
+        self.out = open(self.out_path, "ab")
         self.proc = subprocess.Popen(self.cmd, stdout=self.out, stderr=subprocess.STDOUT, env=self.env,
                                      cwd=str(ROOT))
         if expect_ready:

@@ -42,7 +42,8 @@ def test_http_https_and_curl_get_the_envelope_with_the_key_injected(tmp_path: Pa
         assert r.json()["code"] == 0 and r.json()["data"] == {"greeting": "hi"}
         assert r.headers["X-Request-ID"] == r.json()["request_id"]
         # httpx over HTTPS through CONNECT, credentials on the CONNECT
-        with httpx.Client(proxy=gw.proxy("order-service", "s3cret-order"), verify=ssl.create_default_context(cafile=gw.ca), timeout=10) as client:
+        tls = ssl.create_default_context(cafile=gw.ca)
+        with httpx.Client(proxy=gw.proxy("order-service", "s3cret-order"), verify=tls, timeout=10) as client:
             r2 = client.get("https://api.demo.test/hello", headers={"X-Request-ID": "caller-chosen-id-1"})
         assert r2.status_code == 200 and r2.json()["request_id"] == "caller-chosen-id-1"
         # curl over HTTPS

@@ -9,7 +9,7 @@ import logging
 import time
 import weakref
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from mitmproxy import http
@@ -84,10 +84,7 @@ def fail(flow: http.HTTPFlow, call: Call, error: GatewayError, rule: str | None 
     answer(flow, call, error.code, message, headers=error.headers)
 
 
-F = TypeVar("F", bound=Callable[..., Awaitable[None]])
-
-
-def fail_closed(hook: F) -> F:
+def fail_closed[F: Callable[..., Awaitable[None]]](hook: F) -> F:
     """An exception in a hook would let mitmproxy forward the request unchecked: answer -3002 instead."""
 
     @functools.wraps(hook)

@@ -33,6 +33,7 @@ class Route:
         call = self.gw.calls.get(flow)
         if call is None or not call.passthrough or flow.response is None:
             return
+        flow.response.headers["X-Request-ID"] = call.request_id
         length = flow.response.headers.get("content-length", "")
         if flow.response.headers.get("content-type", "").startswith("text/event-stream") or (
                 length.isdigit() and int(length) > STREAM_THRESHOLD):
@@ -59,6 +60,8 @@ class Route:
                 if compiled.gateway.unknown_hosts == "deny":
                     raise GatewayError(Code.CALLER_FORBIDDEN,
                                        f"egress to {request.pretty_host} is not allowed (no service owns it)")
+                request.headers["X-Request-ID"] = call.request_id
+                request.headers.pop("x-gateway-envelope", None)
                 return
             call.route = route
             call.service, call.method = route.service, route.method

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 
@@ -31,6 +32,7 @@ class Rules:
     def __init__(self, gw: GatewayContext) -> None:
         self.gw = gw
         self.remote_sources: list[tuple[str, str]] = []  # documents from gateway_rules_url
+        self._closing: set[asyncio.Task[None]] = set()  # runtimes dropped by a reload, closing
 
     def load(self, loader) -> None:  # type: ignore[no-untyped-def]
         loader.add_option("gateway_rules", str, "rules", "Directory of the gateway's rule files (*.yaml, *.yml).")
@@ -102,14 +104,14 @@ class Rules:
     def _close_later(self, dropped: list[ServiceRuntime]) -> None:
         if not dropped:
             return
-        import asyncio
-
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             return
         for runtime in dropped:
-            loop.create_task(runtime.close())
+            task = loop.create_task(runtime.close())
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
 
     @property
     def compiled(self) -> Compiled | None:

@@ -90,6 +90,8 @@ def _build(loader: yaml.SafeLoader, node: yaml.Node, path: PathKey, doc: _Docume
         result: dict[Any, Any] = {}
         for key_node, value_node in node.value:
             key = loader.construct_object(key_node, deep=True)
+            if isinstance(key, bool) and isinstance(key_node, yaml.ScalarNode):
+                key = key_node.value  # YAML 1.1 reads a key `on:` as True; retry.on means the word
             if isinstance(key, str):
                 key = _substitute(key, env, [])
             if key in result:
@@ -99,6 +101,10 @@ def _build(loader: yaml.SafeLoader, node: yaml.Node, path: PathKey, doc: _Docume
     if isinstance(node, yaml.SequenceNode):
         return [_build(loader, item, (*path, i), doc, env) for i, item in enumerate(node.value)]
     value = loader.construct_object(node, deep=True)
+    if isinstance(value, bool) and isinstance(node, yaml.ScalarNode) and node.value.lower() not in ("true", "false"):
+        # YAML 1.1 reads on/off/yes/no as booleans: a service named `off` must stay a name. Boolean
+        # fields still accept these words (the schema parses them).
+        value = node.value
     if isinstance(value, str):
         missing: list[str] = []
         value = _substitute(value, env, missing)
@@ -170,7 +176,8 @@ def _missing_reason(doc: _Document, prefix: PathKey = ()) -> tuple[str, set[Path
     paths = {p for p in doc.missing if p[: len(prefix)] == prefix}
     names = sorted({name for p in paths for name in doc.missing[p]})
     where = sorted(".".join(str(x) for x in p[len(prefix):]) for p in paths)
-    reason = f"environment variable {', '.join(names)} not set (used in {', '.join(where)})"
+    noun = "variable" if len(names) == 1 else "variables"
+    reason = f"environment {noun} {', '.join(names)} not set (used in {', '.join(where)})"
     return reason, paths
 
 
