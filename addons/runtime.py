@@ -71,7 +71,7 @@ class ServiceRuntime:
         self.key = spec_key(spec)
         self.adapter: Adapter = make_adapter(spec.envelope)
         self.raw = envelope_kind(spec) == "raw"
-        self.signer: Signer | None = make_signer(spec.signing) if spec.signing else None
+        self.signer: Signer | None = make_signer(spec.signing, spec.service) if spec.signing else None
         self.credential: Credential = make_credential(spec.credentials, credential_context)
         self.retry = RetryPolicy.from_spec(spec.retry, spec.upstream.timeout)
         self.method_retry = {

@@ -15,7 +15,7 @@ from addons.units import Rate, parse_duration, parse_rate
 class Model(BaseModel):
     """Rule-file objects: unknown keys are errors (a typo must never be silently ignored)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, hide_input_in_errors=True)
 
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
