@@ -65,11 +65,12 @@ def envelope_kind(spec: ServiceSpec) -> str:
 class ServiceRuntime:
     """Everything a call to one service needs, built once per rule (not per call)."""
 
-    def __init__(self, spec: ServiceSpec, credential_context: Any) -> None:
+    def __init__(self, spec: ServiceSpec, credential_context: Any, redactor: Redactor | None = None) -> None:
         self.spec = spec
         self.name = spec.service
         self.key = spec_key(spec)
-        self.adapter: Adapter = make_adapter(spec.envelope)
+        # The redactor cleans provider sentences quoted to callers (Alipay sub_msg, a json message_field).
+        self.adapter: Adapter = make_adapter(spec.envelope, redactor)
         self.raw = envelope_kind(spec) == "raw"
         self.signer: Signer | None = make_signer(spec.signing, spec.service) if spec.signing else None
         self.credential: Credential = make_credential(spec.credentials, credential_context)
@@ -131,15 +132,15 @@ def compile_rules(rules: RuleSet, previous: Compiled | None, credential_context:
                   base_redactor: Redactor | None = None) -> tuple[Compiled, list[ServiceRuntime]]:
     """Build the new rule set; returns it and the runtimes that the previous set had and this one dropped."""
     old = previous.services if previous else {}
+    redactor = Redactor(rules.gateway.redact)
     services: dict[str, ServiceRuntime] = {}
     for name, spec in rules.services.items():
         kept = old.get(name)
         if kept is not None and kept.key == spec_key(spec):
             services[name] = kept
         else:
-            services[name] = ServiceRuntime(spec, credential_context.for_service(spec))
+            services[name] = ServiceRuntime(spec, credential_context.for_service(spec), redactor)
     dropped = [rt for name, rt in old.items() if services.get(name) is not rt]
-    redactor = Redactor(rules.gateway.redact)
     for runtime in services.values():
         for secret in runtime.secrets():
             redactor.add_secret(secret)

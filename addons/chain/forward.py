@@ -36,6 +36,15 @@ def outbound_from(flow: http.HTTPFlow, request_id: str, method: str, path: str,
                            body=request.raw_content or b"")
 
 
+_MEDIA = ("image/", "audio/", "video/", "application/octet-stream", "application/pdf", "application/zip")
+
+
+def _is_media(content_type: str) -> bool:
+    """A successful binary answer (WeChat's QR codes, media downloads) cannot live in a JSON envelope:
+    it goes to the caller as it came, with X-Gateway-Code absent and X-Request-ID set."""
+    return content_type.lower().startswith(_MEDIA)
+
+
 class Forward:
     def __init__(self, gw: GatewayContext) -> None:
         self.gw = gw
@@ -67,7 +76,8 @@ class Forward:
         call.error = result.error
         if result.attempts:
             call.headers["X-Gateway-Attempts"] = str(result.attempts)
-        if call.raw and result.verdict is not None and result.status is not None:
+        if result.verdict is not None and result.status is not None and (
+                call.raw or (result.code == 0 and _is_media(result.headers.get("content-type", "")))):
             self._raw(flow, call, result)
         else:
             answer(flow, call, result.code, result.message, result.data)
