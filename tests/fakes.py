@@ -55,7 +55,7 @@ Handler = Callable[[Seen], Reply]
 
 
 class FakeProvider:
-    def __init__(self) -> None:
+    def __init__(self, port: int = 0) -> None:
         self.routes: dict[tuple[str, str], Handler] = {}
         self.seen: list[Seen] = []
         self.lock = threading.Lock()
@@ -101,7 +101,7 @@ class FakeProvider:
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), RequestHandler)
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), RequestHandler)
         self.server.daemon_threads = True
         self.port = self.server.server_address[1]
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)

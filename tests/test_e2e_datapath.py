@@ -392,3 +392,13 @@ def test_basic_auth_header_format(gw: Gateway) -> None:
                      headers={"Proxy-Authorization": "Basic " + base64.b64encode(b"no-colon").decode()})
     assert r.status_code == 407 and envelope(r)["code"] == -2001
     assert json.loads(r.text)["data"] is None
+
+
+def test_binary_success_passes_through_unwrapped(gw: Gateway, provider: FakeProvider) -> None:
+    png = b"\x89PNG\r\n\x1a\n" + bytes(range(256))
+    provider.on("POST", "/wxa/getwxacodeunlimit", Reply(200, png, {"Content-Type": "image/png"}))
+    r = call(gw, "http://wx.test/wxa/getwxacodeunlimit", "POST", json={"scene": "a=1"})
+    assert r.status_code == 200 and r.content == png and r.headers["content-type"] == "image/png"
+    assert r.headers["X-Request-ID"]
+    provider.on("POST", "/wxa/getwxacodeunlimit", Reply(200, {"errcode": 40097, "errmsg": "invalid args"}))
+    assert envelope(call(gw, "http://wx.test/wxa/getwxacodeunlimit", "POST", json={}))["code"] == -2005

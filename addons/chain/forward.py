@@ -12,7 +12,7 @@ from addons.chain.context import GatewayContext, answer, fail, fail_closed
 from addons.envelope import ProviderAnswer
 from addons.errors import GatewayError
 from addons.outbound import OutboundRequest
-from addons.upstream.forwarder import HOP_BY_HOP, Result, forward
+from addons.upstream.forwarder import HOP_BY_HOP, MEDIA_TYPES, Result, forward
 
 # Caller headers that are the gateway's business, not the provider's.
 _DROP = HOP_BY_HOP | {"x-request-id", "x-gateway-envelope", "accept-encoding"}
@@ -36,13 +36,10 @@ def outbound_from(flow: http.HTTPFlow, request_id: str, method: str, path: str,
                            body=request.raw_content or b"")
 
 
-_MEDIA = ("image/", "audio/", "video/", "application/octet-stream", "application/pdf", "application/zip")
-
-
 def _is_media(content_type: str) -> bool:
     """A successful binary answer (WeChat's QR codes, media downloads) cannot live in a JSON envelope:
-    it goes to the caller as it came, with X-Gateway-Code absent and X-Request-ID set."""
-    return content_type.lower().startswith(_MEDIA)
+    it goes to the caller as it came, with X-Request-ID set."""
+    return content_type.lower().startswith(MEDIA_TYPES)
 
 
 class Forward:
@@ -74,7 +71,7 @@ class Forward:
             return
         call.attempts, call.target, call.upstream_ms = result.attempts, result.target, result.upstream_ms
         call.error = result.error
-        if result.attempts:
+        if local is None:  # a fallback answer made no attempt: "0" says so
             call.headers["X-Gateway-Attempts"] = str(result.attempts)
         if result.verdict is not None and result.status is not None and (
                 call.raw or (result.code == 0 and _is_media(result.headers.get("content-type", "")))):
