@@ -106,26 +106,29 @@ class Compiled:
     apps: AppDirectory
     services: dict[str, ServiceRuntime]
     redactor: Redactor
-    _quota_cache: dict[tuple[str | None, str], list[QuotaCheck]] = field(default_factory=dict)
+    _quota_cache: dict[tuple[str | None, str], tuple[list[QuotaCheck], float]] = field(default_factory=dict)
 
     @property
     def gateway(self) -> Any:
         return self.rules.gateway
 
-    def quotas(self, app: str | None, route: Route) -> list[QuotaCheck]:
-        """The quotas of one (app, rule) pair, built once and cached: names are configured, so bounded."""
+    def quotas(self, app: str | None, route: Route, now: float) -> list[QuotaCheck]:
+        """The quotas of one (app, rule) pair, cached: names are configured, so the cache is bounded.
+        An entry is rebuilt each hour, so a `tz` day edge follows a daylight-saving change."""
         key = (app, route.name)
-        checks = self._quota_cache.get(key)
-        if checks is None:
+        cached = self._quota_cache.get(key)
+        if cached is None or now >= cached[1]:
             app_spec = self.rules.apps.get(app) if app else None
             spec = route.spec
             checks = quota_checks(
                 app, app_spec.quota if app_spec else [],
                 route.service, spec.quota if spec else [],
                 route.method, route.method_spec.quota if route.method_spec else [],
+                now,
             )
-            self._quota_cache[key] = checks
-        return checks
+            cached = (checks, (now // 3600 + 1) * 3600)
+            self._quota_cache[key] = cached
+        return cached[0]
 
 
 def compile_rules(rules: RuleSet, previous: Compiled | None, credential_context: Any,

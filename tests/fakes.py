@@ -54,6 +54,12 @@ class Reply:
 Handler = Callable[[Seen], Reply]
 
 
+class _Server(ThreadingHTTPServer):
+    # socketserver's default backlog of 5 drops handshakes under a burst of new upstream connections.
+    request_queue_size = 512
+    daemon_threads = True
+
+
 class FakeProvider:
     def __init__(self, port: int = 0) -> None:
         self.routes: dict[tuple[str, str], Handler] = {}
@@ -101,7 +107,7 @@ class FakeProvider:
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", port), RequestHandler)
+        self.server = _Server(("127.0.0.1", port), RequestHandler)
         self.server.daemon_threads = True
         self.port = self.server.server_address[1]
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)

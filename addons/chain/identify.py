@@ -11,6 +11,7 @@ from mitmproxy import connection, http
 from addons.chain.context import GatewayContext, answer, fail, fail_closed
 from addons.errors import Code, GatewayError
 from addons.identity import GATEWAY_HEADERS, SignedRequest, parse_basic
+from addons.state.base import StateUnavailable
 
 NONCE_TTL = 600.0  # twice the signature window: a replay inside the window is always remembered
 CHALLENGE = {"Proxy-Authenticate": 'Basic realm="gateway"'}
@@ -80,5 +81,10 @@ class Identify:
         request = flow.request
         path = request.path if request.method != "CONNECT" else request.authority
         self.gw.compiled.apps.verify_signature(signed, request.method, path, request.raw_content or b"", time.time())
-        if not await self.gw.store.first_use(f"nonce:{signed.app}:{signed.nonce}", NONCE_TTL):
+        try:
+            first = await self.gw.store.first_use(f"nonce:{signed.app}:{signed.nonce}", NONCE_TTL)
+        except StateUnavailable:
+            # state_failure: closed and Redis down (the store logged the outage once).
+            raise GatewayError(Code.GATEWAY_INTERNAL, "nonce store unavailable (state_failure: closed)") from None
+        if not first:
             raise GatewayError(Code.CALLER_SIGNATURE, "request replayed (nonce already used)")

@@ -22,10 +22,10 @@ class Quota:
         compiled = self.gw.compiled
         if flow.response is not None or compiled is None or call.route is None or self.gw.store is None:
             return
-        checks = compiled.quotas(call.app, call.route)
+        now = time.time()
+        checks = compiled.quotas(call.app, call.route, now)
         if not checks:
             return
-        now = time.time()
         try:
             admission = await self.gw.store.admit(checks, now)
         except StateUnavailable as exc:

@@ -3,23 +3,46 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import Coroutine
+from typing import Any
 
 from mitmproxy import ctx, exceptions
 
 from addons.chain.context import GatewayContext
 from addons.runtime import Compiled
+from addons.state.base import StateUnavailable
 from addons.state.fallback import FallbackStore
 from addons.state.memory import MemoryStore
 from addons.state.redis import RedisStore, redact_url
 
 log = logging.getLogger("gateway")
 
+# How long a Redis answer may take before the call is decided by the local fallback. A healthy Redis
+# answers in well under a millisecond, but the clock runs on mitmproxy's one event loop: under a
+# burst of a few hundred concurrent calls one loop iteration was measured at 0.5-1.6 s on a busy
+# two-core machine, and a timer that expires during such an iteration fires before the reply
+# (already in the socket) is read. With the store's default of 50 ms, a healthy Redis was declared
+# down under load and each instance went on counting locally, admitting more than the limit across
+# the fleet. 2 s is what Kong's Redis rate limiting uses too. A stopped Redis (refused connection)
+# fails at once whatever this is; one that swallows packets costs this much only to the calls in
+# flight when it goes, then FallbackStore's circuit breaker lets one call per second probe it.
+REDIS_TIMEOUT = 2.0
+# Connects happen at start (done before traffic, see _warm_up) and when Redis comes back. Shorter
+# than the answer timeout, so a probe of an unreachable host costs its call less; long enough that a
+# loaded loop does not keep an instance from ever reconnecting.
+REDIS_CONNECT_TIMEOUT = 1.0
+# The pool's size, given here so _warm_up opens every connection: a few connections carry all the
+# round trips one Python process can make (a burst of 400 calls over two instances stayed exact).
+REDIS_CONNECTIONS = 8
+
 
 class State:
     def __init__(self, gw: GatewayContext) -> None:
         self.gw = gw
         gw.on_rules_changed.append(self._rules_changed)
+        self._tasks: set[asyncio.Task[None]] = set()  # referenced until done, or the loop may drop them
 
     def load(self, loader) -> None:  # type: ignore[no-untyped-def]
         loader.add_option("gateway_redis", str, "",
@@ -35,42 +58,50 @@ class State:
         else:
             if not url.startswith(("redis://", "rediss://", "unix://")):
                 raise exceptions.OptionsError(f"gateway_redis must be a redis:// URL, got {redact_url(url)!r}")
+            # Before the first rules load (the State addon configures first) the defaults apply;
+            # _rules_changed sets the configured policy and instances as soon as the rules are in.
             gateway = self.gw.compiled.gateway if self.gw.compiled else None
+            shared = RedisStore(url, timeout=REDIS_TIMEOUT, connect_timeout=REDIS_CONNECT_TIMEOUT,
+                                max_connections=REDIS_CONNECTIONS)
+            # FallbackStore logs the outage and the recovery itself, once per transition; the
+            # metric counts every call that Redis did not serve.
             self.gw.store = FallbackStore(
-                RedisStore(url), MemoryStore(),
+                shared, MemoryStore(),
                 policy=gateway.state_failure if gateway else "open",
                 instances=gateway.instances if gateway else 1,
-                on_state_change=self._state_changed, on_error=self.gw.metrics.state_error,
+                on_error=self.gw.metrics.state_error,
             )
             log.info("gateway: shared state in Redis at %s", redact_url(url))
+            self._spawn(self._warm_up(shared))
         if old is not None:
-            self._close_later(old)
+            self._spawn(old.close())
 
     def _rules_changed(self, compiled: Compiled) -> None:
         store = self.gw.store
         if isinstance(store, FallbackStore):
             store.configure(policy=compiled.gateway.state_failure, instances=compiled.gateway.instances)
 
-    def _state_changed(self, available: bool, error: str) -> None:
-        if available:
-            log.warning("gateway: Redis is reachable again; exact shared counting resumed")
-        else:
-            policy = self.gw.compiled.gateway.state_failure if self.gw.compiled else "open"
-            what = ("counting locally (limit / instances); answers carry X-Gateway-Degraded: state"
-                    if policy == "open" else "refusing calls that need it with -3002 (state_failure: closed)")
-            log.error("gateway: Redis unreachable (%s); %s", error, what)
+    async def _warm_up(self, shared: RedisStore) -> None:
+        """Open the pool's connections now, while the loop is idle, instead of during the first burst
+        of calls, where each handshake is a few more round trips exposed to the loop's delays."""
+        results = await asyncio.gather(*(shared.ping() for _ in range(REDIS_CONNECTIONS)),
+                                       return_exceptions=True)
+        failed = [r for r in results if isinstance(r, StateUnavailable)]
+        if failed:
+            # Not an outage report: the first call that needs Redis finds out and reports it once.
+            log.debug("gateway: Redis not reachable at start: %s", failed[0])
 
-    def _close_later(self, store: object) -> None:
-        import asyncio
-
-        close = getattr(store, "close", None)
-        if close is None:
-            return
+    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
         try:
-            asyncio.get_running_loop().create_task(close())
-        except RuntimeError:
-            pass
+            task = asyncio.get_running_loop().create_task(coroutine)
+        except RuntimeError:  # no loop (offline use of the addon): nothing to warm up or close
+            coroutine.close()
+            return
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def done(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
         if self.gw.store is not None:
             await self.gw.store.close()
