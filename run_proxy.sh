@@ -23,20 +23,30 @@ if [ -z "$listen_host" ] || [ "$listen_host" = "$listen" ] || ! [[ "$listen_port
 fi
 mkdir -p "$GW_ROOT/certs"
 
-# Options every gateway process gets. The chain checks connection_strategy at start.
-gw_common_args() {
-    printf '%s\n' \
-        -s "$GW_ROOT/addons/gateway.py" \
-        --set "confdir=$GW_ROOT/certs" \
-        --set connection_strategy=lazy \
-        --set "gateway_rules=${GATEWAY_RULES:-$GW_ROOT/rules}" \
-        --set "gateway_redis=${GATEWAY_REDIS:-}" \
-        --set "gateway_log=${GATEWAY_LOG:-}" \
-        --set "gateway_rules_url=${GATEWAY_RULES_URL:-}" \
-        --set stream_large_bodies=1m \
-        --set flow_detail=0
+# mitmproxy refuses an option given twice with --set, so a default is passed only when the user's
+# own arguments do not set that option.
+user_args=("$@")
+user_sets() {
+    local i name="$1"
+    for ((i = 0; i < ${#user_args[@]}; i++)); do
+        case "${user_args[i]}" in
+            --set) [[ "${user_args[i+1]:-}" == "$name="* ]] && return 0 ;;
+            --set="$name="*) return 0 ;;
+        esac
+    done
+    return 1
 }
-mapfile -t common < <(gw_common_args)
+common=(-s "$GW_ROOT/addons/gateway.py")
+add_default() {  # add_default NAME VALUE
+    user_sets "$1" || common+=(--set "$1=$2")
+}
+add_default confdir "$GW_ROOT/certs"
+add_default connection_strategy lazy
+add_default gateway_rules "${GATEWAY_RULES:-$GW_ROOT/rules}"
+add_default gateway_redis "${GATEWAY_REDIS:-}"
+add_default gateway_log "${GATEWAY_LOG:-}"
+add_default gateway_rules_url "${GATEWAY_RULES_URL:-}"
+add_default flow_detail 0
 
 workers="${GATEWAY_WORKERS:-1}"
 if ! [[ "$workers" =~ ^[0-9]+$ ]] || [ "$workers" -lt 1 ]; then
@@ -51,11 +61,12 @@ ui="mitmdump"
 extra=()
 if [ "${GATEWAY_UI:-}" = "web" ]; then
     ui="mitmweb"
-    extra+=(--set web_open_browser=false)
+    user_sets web_open_browser || extra+=(--set web_open_browser=false)
 elif [ -n "${GATEWAY_UI:-}" ]; then
     gw_log "gateway: GATEWAY_UI must be 'web' or unset, got '${GATEWAY_UI}'"
     exit 2
 fi
 # exec: SIGINT/SIGTERM go straight to mitmproxy, which shuts the chain down cleanly.
+add_default gateway_admin "${GATEWAY_ADMIN:-127.0.0.1:9091}"
 exec "$GW_ROOT/.venv/bin/$ui" --listen-host "$listen_host" --listen-port "$listen_port" \
-    "${common[@]}" --set "gateway_admin=${GATEWAY_ADMIN:-127.0.0.1:9091}" "${extra[@]}" "$@"
+    "${common[@]}" "${extra[@]}" "$@"

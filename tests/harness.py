@@ -11,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,8 @@ class Gateway:
                                      cwd=str(ROOT))
         if expect_ready:
             wait_until(self._listening, 30, what=f"gateway on {self.port}\n{self.output()}")
+            if self.admin_port:
+                wait_until(self._ready, 30, what=f"/readyz of gateway on {self.port}\n{self.output()}")
         return self
 
     def _listening(self) -> bool:
@@ -63,6 +66,12 @@ class Gateway:
             raise AssertionError(f"gateway exited with {self.proc.returncode}:\n{self.output()}")
         with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
             return True
+
+    def _ready(self) -> bool:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise AssertionError(f"gateway exited with {self.proc.returncode}:\n{self.output()}")
+        with urllib.request.urlopen(f"{self.admin}/readyz", timeout=1) as answer:
+            return answer.status == 200
 
     def output(self) -> str:
         try:

@@ -100,8 +100,10 @@ class State:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def done(self) -> None:
+    def done(self) -> None:
+        # Sync on purpose: mitmproxy calls `done` synchronously when it re-imports the script, and an
+        # async one would stop the hooks after it (and the reloaded chain) from running.
         for task in list(self._tasks):
             task.cancel()
         if self.gw.store is not None:
-            await self.gw.store.close()
+            self._spawn(self.gw.store.close())
