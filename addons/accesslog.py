@@ -67,7 +67,7 @@ class AccessLog:
 
     def _open(self) -> IO[str]:
         if self.path:
-            return open(self.path, "a", encoding="utf-8", buffering=1)  # noqa: SIM115 - held by the thread
+            return open(self.path, "a", encoding="utf-8", buffering=1)
         return sys.stdout
 
     def _run(self) -> None:

@@ -16,6 +16,7 @@ if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
 from addons.chain.accesslog import AccessLogger  # noqa: E402
+from addons.chain.admin import Admin  # noqa: E402
 from addons.chain.context import GatewayContext  # noqa: E402
 from addons.chain.forward import Forward  # noqa: E402
 from addons.chain.identify import Identify  # noqa: E402
@@ -23,15 +24,23 @@ from addons.chain.quota import Quota  # noqa: E402
 from addons.chain.route import Route  # noqa: E402
 from addons.chain.rules import Rules  # noqa: E402
 from addons.chain.state import State  # noqa: E402
+from addons.chain.watch import Watch  # noqa: E402
+from addons.chain.webview import HideProxyAuth, WebView  # noqa: E402
 
 gw = GatewayContext()
+rules = Rules(gw)
+watch = Watch(gw, rules)
 
 addons = [
+    HideProxyAuth(),   # mitmweb only: Proxy-Authorization kept out of the flow list until Identify reads it
     AccessLogger(gw),  # gateway_log; writes one line per call at its end (response/error hooks)
     State(gw),         # gateway_redis: memory or Redis state with the state_failure fallback
-    Rules(gw),         # gateway_rules: load, validate, swap the rule set
+    rules,             # gateway_rules: load, validate, swap the rule set
+    watch,             # reload on file change / SIGHUP / gateway.reload; gateway_rules_url feed
+    Admin(gw, watch),  # gateway_admin: /metrics /healthz /readyz /status
     Identify(gw),      # which app: Proxy-Authorization (request or CONNECT), signature, address
     Route(gw),         # which service.method; allow lists; unmatched / unknown_hosts
     Quota(gw),         # every applicable quota admits the call, or 429 -2004
     Forward(gw),       # credentials, signature, timeouts, retries, failover, envelope
+    WebView(gw),       # stored flows: comment, failure mark, request credentials masked; gateway_web_keep
 ]

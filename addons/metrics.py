@@ -34,12 +34,27 @@ class Metrics:
         self._known_services: frozenset[str] = frozenset()
         self._known_methods: frozenset[str] = frozenset()
         self._known_apps: frozenset[str] = frozenset()
+        # Both results exist from the start at 0, so an alert on increase(...{result="error"}) works
+        # before the first failed reload (a series that appears only at its first event has no increase).
+        for result in ("success", "error"):
+            self._child(self.reloads, result)
 
     def set_names(self, services: set[str], methods: set[str], apps: set[str]) -> None:
-        """The configured names (after each rules load): only these appear as label values."""
+        """The configured names (after each rules load): only these appear as label values.
+
+        The `gateway_upstream_up` series are dropped here: the caller sets them again for the targets
+        of the new rule set right after (in the same step, so no scrape sees them missing), and a
+        service or backup that the reload removed must not go on reporting its last state forever."""
         self._known_services = frozenset(services)
         self._known_methods = frozenset(methods)
         self._known_apps = frozenset(apps)
+        up = id(self.upstream_up)
+        for key in [k for k in self._children if k[0] == up]:
+            del self._children[key]
+            try:
+                self.upstream_up.remove(*key[1:])
+            except KeyError:
+                pass
 
     def _label(self, value: str | None, known: frozenset[str]) -> str:
         return value if value is not None and value in known else "_"

@@ -315,6 +315,10 @@ def load_sources(sources: list[tuple[str, str]], base_dir: Path,
     for name, text in sources:
         digest.update(name.encode() + b"\0" + text.encode() + b"\0")
         docs, problems = parse_documents(name, text, env)
+        if not problems and not any(doc.data is not None for doc in docs):
+            # An empty file is far more often a file caught mid-write (editors and `cat >` truncate
+            # first) than an intent to remove everything it held: refuse it, keep the rules in force.
+            problems = [Problem(name, 1, "rule file is empty (rename it to *.disabled to switch it off)")]
         collector.problems.extend(problems)
         for doc in docs:
             collector.add(doc)

@@ -1,0 +1,503 @@
+"""What makes the gateway reload its rules (SPEC 10, hot reload), and the remote rules feed.
+
+Triggers, all ending in `Rules.reload`, which validates everything first and keeps the rules in
+force entirely when anything is wrong (the error goes to the log, /status and
+`gateway_rules_reloads_total{result="error"}`):
+
+- A change in the rules directory: watched with inotify through `watchfiles.awatch`, or by polling
+  every 0.5 s where inotify is unavailable (container file systems, exhausted inotify limits).
+  Changes are debounced: the reload starts after 300 ms without further changes, so an editor's
+  truncate-then-write, or `cp` of several files, is one reload. A change takes effect well within 2 s.
+  Every change counts except editor droppings (swap files, `~` backups): files that rules reference
+  (`file:` PEM keys in subdirectories) and Kubernetes ConfigMap swaps (`..data`) reload too.
+- SIGHUP: reloads at once, and makes the next poll of the remote feed unconditional (no
+  If-None-Match), so one signal re-reads everything.
+- The mitmproxy command `gateway.reload` (for mitmweb users): the same as SIGHUP.
+
+Remote rules (`gateway_rules_url`, env GATEWAY_RULES_URL), polled every `gateway_rules_poll` seconds:
+
+- The body is YAML documents separated by `---` lines; each document is one rule file, named
+  `<url>#N` (N counts the non-empty documents from 1) in problems, logs and /status. The URL is
+  always shown redacted: a `user:password@` password and secret-named query parameters (`token=`)
+  become `***`.
+- Remote and local combine into ONE rule set, validated together exactly as if the documents were
+  more files in the rules directory: a service or an app defined both locally and remotely (or twice
+  remotely) is an error, as are two `gateway:` sections, and a host claimed by two services. Neither
+  side overrides the other: an operator who wants a fleet-wide rule in the feed removes the local
+  file. A reload triggered by either side always combines the newest local files with the remote
+  documents in force.
+- Requests carry `If-None-Match` (the last ETag) and `If-Modified-Since` (the last Last-Modified).
+  304 changes nothing. A 200 whose documents differ from those in force is tried: on success they
+  are in force; on any problem the previous documents stay (a broken feed never takes down the rules
+  in force), the problems are shown in /status and logged once, and that body is not tried again
+  until it changes, a SIGHUP or `gateway.reload` arrives, or a local change reloads successfully
+  (then the rejected documents are tried once more: the conflict may have been on the local side).
+- A fetch that fails (connection error, timeout, an HTTP status other than 200/304, a body that is
+  not UTF-8 or larger than 16 MiB, or an empty body while documents are in force) keeps the
+  documents in force. It is logged when the feed's state changes (ok -> failing, a different
+  error, failing -> ok), not on every poll, and shown in /status.
+- At start the gateway serves the local rules at once; /readyz stays 503 until the first fetch has
+  completed (successfully or not), so a load balancer waits for the remote rules.
+- Changing `gateway_rules_url` at run time drops the old feed's documents (with a reload)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import os
+import re
+import signal
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+import aiohttp
+from mitmproxy import command, ctx, exceptions
+from watchfiles import DefaultFilter, awatch
+
+from addons.chain.admin import rfc3339
+from addons.chain.context import GatewayContext
+from addons.chain.rules import Rules
+from addons.redact import Redactor, is_secret_name
+from addons.rules.loader import Problem
+
+log = logging.getLogger("gateway")
+
+DEBOUNCE_MS = 300  # quiet time after the last change before the reload starts
+MAX_GROUP_MS = 1500  # a directory that never goes quiet is still reloaded this often
+POLL_DELAY_MS = 500  # polling fallback: how often the directory is scanned
+MAX_FEED_BYTES = 16 * 1024 * 1024
+_SEPARATOR = re.compile(r"^---(?:[ \t].*)?$")
+
+Source = tuple[str, str]
+
+
+def split_documents(text: str) -> list[str]:
+    """A feed body to its YAML documents, at `---` lines (the rest of such a line, e.g. `--- # x`,
+    belongs to the separator). Documents with nothing but blank lines and comments are dropped. A
+    `...` end marker line is dropped too."""
+    documents: list[list[str]] = [[]]
+    for line in text.splitlines():
+        if _SEPARATOR.match(line):
+            documents.append([])
+        elif line.rstrip() == "...":
+            continue
+        else:
+            documents[-1].append(line)
+    out = []
+    for lines in documents:
+        meaningful = [ln for ln in lines if ln.strip() and not ln.lstrip().startswith(("#", "%"))]
+        if meaningful:
+            out.append("\n".join(ln for ln in lines if not ln.startswith("%")) + "\n")
+    return out
+
+
+def url_redactor(url: str) -> Redactor:
+    """A redactor that also knows the URL's own secrets as values: an aiohttp error text may quote the
+    URL, its host part or a credential on its own."""
+    redactor = Redactor()
+    parts = urlsplit(url)
+    redactor.add_secret(parts.password)
+    for name, value in parse_qsl(parts.query, keep_blank_values=True):
+        if is_secret_name(name):
+            redactor.add_secret(value)
+    return redactor
+
+
+@dataclass
+class RemoteFeed:
+    """The state of `gateway_rules_url` for polling and for /status."""
+
+    url: str = ""
+    shown: str = ""  # the URL redacted: the only form ever written anywhere
+    etag: str | None = None
+    last_modified: str | None = None
+    force: bool = False  # next poll without validators (SIGHUP, gateway.reload)
+    settled: bool = True  # the first fetch completed (or no URL): /readyz waits for it
+    documents: list[str] = field(default_factory=list)  # names of the documents in force
+    digest: str | None = None  # of the body in force
+    rejected_digest: str | None = None
+    rejected: list[Source] | None = None  # documents refused by validation, retried after a local change
+    rejected_problems: list[str] = field(default_factory=list)
+    last_status: int | None = None
+    last_error: str | None = None
+    last_fetch_at: float | None = None
+    last_ok_at: float | None = None
+    last_change_at: float | None = None
+    fetches: int = 0
+    not_modified: int = 0
+    failures: int = 0
+    redactor: Redactor = field(default_factory=Redactor)
+
+    def scrub(self, text: str) -> str:
+        if self.url:
+            text = text.replace(self.url, self.shown)
+        return self.redactor.text(text)
+
+
+class Watch:
+    def __init__(self, gw: GatewayContext, rules: Rules) -> None:
+        self.gw = gw
+        self.rules = rules
+        self.feed = RemoteFeed()
+        self.mode = "stopped"  # inotify | polling | waiting (directory missing) | stopped
+        self.directory: str | None = None
+        self.last_change_at: float | None = None
+        self.last_trigger = ""
+        self._running = False
+        self._watch_task: asyncio.Task[None] | None = None
+        self._poll_task: asyncio.Task[None] | None = None
+        self._stop_watch = threading.Event()  # seen by the watchfiles thread, which cannot be cancelled
+        self._wake = asyncio.Event()
+        self._signal_loop: asyncio.AbstractEventLoop | None = None
+        self.awatch: Callable[..., AsyncIterator[set[tuple[Any, str]]]] = awatch  # replaceable in tests
+
+    def load(self, loader) -> None:  # type: ignore[no-untyped-def]
+        loader.add_option("gateway_rules_url", str, "",
+                          "URL polled for remote rule files (YAML documents separated by ---); empty: none.")
+        loader.add_option("gateway_rules_poll", int, 10, "Seconds between polls of gateway_rules_url.")
+
+    def configure(self, updated: set[str]) -> None:
+        if "gateway_rules_poll" in updated and ctx.options.gateway_rules_poll < 1:
+            raise exceptions.OptionsError("gateway_rules_poll must be at least 1 (seconds)")
+        if "gateway_rules_url" in updated:
+            self._set_url(ctx.options.gateway_rules_url.strip())
+        if "gateway_rules" in updated and self._running:
+            self._start_watcher()
+
+    def running(self) -> None:
+        # Sync on purpose: an `async def running` stops mitmproxy's script reload from working.
+        self._running = True
+        loop = asyncio.get_running_loop()
+        self._start_watcher()
+        if self.feed.url:
+            self._start_poller()
+        try:
+            loop.add_signal_handler(signal.SIGHUP, self._sighup)
+            self._signal_loop = loop
+        except (NotImplementedError, RuntimeError, ValueError, AttributeError) as exc:
+            # Windows has no SIGHUP; a loop outside the main thread cannot take signal handlers.
+            log.warning("gateway: SIGHUP reload unavailable (%s); use the gateway.reload command", exc)
+
+    def done(self) -> None:
+        self._running = False
+        self._stop_watcher()
+        self._stop_poller()
+        if self._signal_loop is not None:
+            with contextlib.suppress(Exception):
+                self._signal_loop.remove_signal_handler(signal.SIGHUP)
+            self._signal_loop = None
+
+    @command.command("gateway.reload")
+    def reload_command(self) -> None:
+        """Reload the rules now (directory and remote feed), like SIGHUP."""
+        self.reload_now("gateway.reload command")
+
+    # -- reloading ----------------------------------------------------------------------------------
+
+    def _sighup(self) -> None:
+        self.reload_now("SIGHUP")
+
+    def reload_now(self, reason: str) -> list[Problem]:
+        """Reload at once and make the remote feed be fetched again without validators."""
+        log.info("gateway: reloading the rules (%s)", reason)
+        problems = self.reload(reason)
+        if self.feed.url:
+            self.feed.force = True
+            self.feed.rejected_digest = None
+            self._wake.set()
+        return problems
+
+    def reload(self, reason: str) -> list[Problem]:
+        self.last_trigger = reason
+        problems = self.rules.reload(reason)
+        if not problems and self.feed.rejected is not None:
+            # The rejected remote documents may have conflicted with a local file that is now fixed.
+            self._try_remote(self.feed.rejected, self.feed.rejected_digest, "remote rules retried after " + reason)
+        return problems
+
+    def _try_remote(self, documents: list[Source], digest: str | None, reason: str) -> bool:
+        previous = self.rules.remote_sources
+        self.rules.remote_sources = documents
+        problems = self.rules.reload(reason)
+        if problems:
+            # Rules.reload kept the rules in force and logged the problems; the documents in force
+            # stay the previous ones, so a later local reload does not pick up the broken ones.
+            self.rules.remote_sources = previous
+            self.feed.rejected, self.feed.rejected_digest = documents, digest
+            self.feed.rejected_problems = [str(p) for p in problems]
+            return False
+        self.feed.documents = [name for name, _ in documents]
+        self.feed.digest = digest
+        self.feed.rejected, self.feed.rejected_digest, self.feed.rejected_problems = None, None, []
+        self.feed.last_change_at = time.time()
+        return True
+
+    # -- the rules directory ------------------------------------------------------------------------
+
+    def _start_watcher(self) -> None:
+        self._stop_watcher()
+        self._stop_watch = threading.Event()
+        self.directory = ctx.options.gateway_rules
+        self._watch_task = asyncio.get_running_loop().create_task(
+            self._watch(self.directory, self._stop_watch), name="gateway rules watcher")
+
+    def _stop_watcher(self) -> None:
+        self._stop_watch.set()  # the watchfiles thread checks it every step and returns
+        if self._watch_task is not None and not self._watch_task.done():
+            self._watch_task.cancel()
+        self._watch_task = None
+        self.mode = "stopped"
+
+    async def _watch(self, directory: str, stop: threading.Event) -> None:
+        force_polling = False
+        missing_logged = False
+        while not stop.is_set():
+            if not os.path.isdir(directory):
+                # Nothing to watch yet (a volume not mounted, a directory being replaced): wait for it.
+                if not missing_logged:
+                    log.warning("gateway: rules directory %s does not exist; watching for it to appear", directory)
+                    missing_logged = True
+                self.mode = "waiting"
+                await asyncio.sleep(POLL_DELAY_MS / 1000)
+                continue
+            if missing_logged:
+                missing_logged = False
+                self._changed(directory, "rules directory appeared")
+            try:
+                self.mode = "polling" if force_polling else "inotify"
+                inode = os.stat(directory).st_ino
+                async for changes in self.awatch(
+                        directory, watch_filter=DefaultFilter(), debounce=MAX_GROUP_MS, step=DEBOUNCE_MS,
+                        stop_event=stop, force_polling=force_polling, poll_delay_ms=POLL_DELAY_MS,
+                        recursive=True, rust_timeout=1000):
+                    names = sorted({os.path.basename(path) for _, path in changes})
+                    self._changed(directory, "file change: " + ", ".join(names[:5])
+                                  + (f" and {len(names) - 5} more" if len(names) > 5 else ""))
+                    if not _same_directory(directory, inode):
+                        # Removed or replaced (renamed over): a watch on the old inode would never
+                        # see the new directory's files, so start over on whatever is there now.
+                        missing_logged = not os.path.isdir(directory)
+                        if missing_logged:
+                            log.warning("gateway: rules directory %s was removed; the rules in force stay, "
+                                        "watching for it to reappear", directory)
+                        break
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if stop.is_set():
+                    break
+                if not os.path.isdir(directory):
+                    continue  # removed under the watcher: wait for it at the top
+                if not force_polling:
+                    log.warning("gateway: cannot watch %s with inotify (%s: %s); polling it every %d ms instead",
+                                directory, type(exc).__name__, exc, POLL_DELAY_MS)
+                    force_polling = True
+                    continue
+                log.error("gateway: watching %s failed (%s: %s); retrying", directory, type(exc).__name__, exc)
+                await asyncio.sleep(1)
+            else:
+                # awatch ends when its directory goes away (or on stop): check again from the top.
+                await asyncio.sleep(POLL_DELAY_MS / 1000 if not stop.is_set() else 0)
+
+    def _changed(self, directory: str, what: str) -> None:
+        self.last_change_at = time.time()
+        try:
+            self.reload(what)
+        except Exception as exc:  # a bug in a reload must not end the watcher
+            log.error("gateway: reload after a change in %s failed: %s: %s", directory, type(exc).__name__, exc,
+                      exc_info=log.isEnabledFor(logging.DEBUG))
+
+    def watch_status(self) -> dict[str, Any]:
+        return {
+            "directory": self.directory,
+            "mode": self.mode,
+            "debounce_ms": DEBOUNCE_MS,
+            "last_change_at": _ts(self.last_change_at),
+            "last_trigger": self.last_trigger or None,
+        }
+
+    # -- the remote feed ----------------------------------------------------------------------------
+
+    def _set_url(self, url: str) -> None:
+        if url == self.feed.url:
+            return
+        if url and urlsplit(url).scheme not in ("http", "https"):
+            raise exceptions.OptionsError(
+                f"gateway_rules_url must be an http:// or https:// URL, got {Redactor().url(url)!r}")
+        had_documents = bool(self.rules.remote_sources)
+        self._stop_poller()
+        self.feed = RemoteFeed(url=url, shown=Redactor().url(url) if url else "",
+                               settled=not url, redactor=url_redactor(url) if url else Redactor())
+        if had_documents:
+            self.rules.remote_sources = []
+            self.rules.reload("gateway_rules_url changed")
+        if url:
+            log.info("gateway: remote rules from %s every %ds", self.feed.shown, ctx.options.gateway_rules_poll)
+            if self._running:
+                self._start_poller()
+
+    def remote_settled(self) -> bool:
+        return self.feed.settled
+
+    def _start_poller(self) -> None:
+        self._stop_poller()
+        self._wake = asyncio.Event()
+        self._poll_task = asyncio.get_running_loop().create_task(self._poll_loop(self.feed),
+                                                                 name="gateway remote rules")
+
+    def _stop_poller(self) -> None:
+        if self._poll_task is not None and not self._poll_task.done():
+            self._poll_task.cancel()
+        self._poll_task = None
+
+    async def _poll_loop(self, feed: RemoteFeed) -> None:
+        await _startup_checked()
+        while True:
+            try:
+                await self.poll(feed)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a bug in one poll must not end polling
+                self._failed(feed, f"internal error ({type(exc).__name__})")
+            feed.settled = True
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=ctx.options.gateway_rules_poll)
+            self._wake.clear()
+
+    async def poll(self, feed: RemoteFeed) -> None:
+        headers = {"Accept": "application/yaml, text/yaml, text/plain;q=0.9, */*;q=0.5"}
+        if not feed.force:
+            if feed.etag:
+                headers["If-None-Match"] = feed.etag
+            if feed.last_modified:
+                headers["If-Modified-Since"] = feed.last_modified
+        forced, feed.force = feed.force, False
+        poll_s = max(1, ctx.options.gateway_rules_poll)
+        timeout = aiohttp.ClientTimeout(total=min(30.0, max(2.0, poll_s)), sock_connect=min(5.0, poll_s))
+        feed.last_fetch_at = time.time()
+        feed.fetches += 1
+        try:
+            # A session per poll: one request every few seconds, and nothing to close at shutdown.
+            async with aiohttp.ClientSession(trust_env=False, timeout=timeout) as session, \
+                    session.get(feed.url, headers=headers) as response:
+                feed.last_status = response.status
+                if response.status == 304:
+                    feed.not_modified += 1
+                    self._ok(feed)
+                    return
+                if response.status != 200:
+                    self._failed(feed, f"HTTP {response.status} {response.reason or ''}".strip())
+                    return
+                body = await response.content.read(MAX_FEED_BYTES + 1)
+                etag, last_modified = response.headers.get("ETag"), response.headers.get("Last-Modified")
+        except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
+            self._failed(feed, _describe(exc))
+            return
+        if len(body) > MAX_FEED_BYTES:
+            self._failed(feed, f"body larger than {MAX_FEED_BYTES // (1024 * 1024)} MiB")
+            return
+        try:
+            text = body.decode("utf-8-sig")
+        except UnicodeDecodeError:
+            self._failed(feed, "body is not UTF-8 text")
+            return
+        digest = hashlib.sha256(body).hexdigest()[:16]
+        documents = [(f"{feed.shown}#{i}", doc) for i, doc in enumerate(split_documents(text), 1)]
+        if not documents and self.rules.remote_sources:
+            # More likely a feed emptied by mistake than an intent to drop every remote rule at once.
+            self._failed(feed, f"the feed is empty; keeping the {len(self.rules.remote_sources)} "
+                               "document(s) in force (unset gateway_rules_url to drop them)")
+            return
+        feed.etag, feed.last_modified = etag, last_modified
+        self._ok(feed)
+        if digest == feed.digest:
+            return  # the server ignores validators, or answered 200 with what is in force
+        if digest == feed.rejected_digest and not forced:
+            return  # already refused; logged then, shown in /status since
+        if self._try_remote(documents, digest, f"remote rules from {feed.shown}"):
+            log.info("gateway: remote rules from %s in force: %d document(s)", feed.shown, len(documents))
+        else:
+            log.warning("gateway: remote rules from %s refused (see the problems above); the rules in force "
+                        "stay", feed.shown)
+
+    def _ok(self, feed: RemoteFeed) -> None:
+        if feed.last_error is not None:
+            log.warning("gateway: remote rules from %s reachable again", feed.shown)
+        feed.last_error = None
+        feed.last_ok_at = time.time()
+
+    def _failed(self, feed: RemoteFeed, error: str) -> None:
+        error = feed.scrub(error)
+        feed.failures += 1
+        if error != feed.last_error:
+            # WARNING, not ERROR: an unreachable feed is not a broken gateway (and an ERROR during
+            # mitmproxy's start would make it exit), the rules in force keep serving.
+            log.warning("gateway: remote rules from %s not fetched: %s; keeping the %d document(s) in force",
+                        feed.shown, error, len(feed.documents))
+        feed.last_error = error
+
+    def remote_status(self) -> dict[str, Any] | None:
+        feed = self.feed
+        if not feed.url:
+            return None
+        return {
+            "url": feed.shown,
+            "poll_s": _poll_interval(),
+            "ok": feed.last_error is None and feed.rejected is None,
+            "documents": list(feed.documents),
+            "etag": feed.etag,
+            "last_modified": feed.last_modified,
+            "last_status": feed.last_status,
+            "last_error": feed.last_error,
+            "rejected": list(feed.rejected_problems),
+            "last_fetch_at": _ts(feed.last_fetch_at),
+            "last_ok_at": _ts(feed.last_ok_at),
+            "last_change_at": _ts(feed.last_change_at),
+            "fetches": feed.fetches,
+            "not_modified": feed.not_modified,
+            "failures": feed.failures,
+        }
+
+
+async def _startup_checked(limit: float = 5.0) -> None:
+    """Wait until mitmproxy's start-up error check is over (at most `limit` seconds).
+
+    mitmproxy exits when an ERROR is logged before its start completes. A remote document refused
+    at start is logged as an error by Rules.reload, yet must not stop a gateway whose local rules
+    are fine: the feed is fetched only once that check is done."""
+    errorcheck = ctx.master.addons.get("errorcheck") if getattr(ctx, "master", None) else None
+    handler = getattr(errorcheck, "logger", None)
+    deadline = time.monotonic() + limit
+    while handler is not None and handler in logging.getLogger().handlers and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+
+
+def _same_directory(directory: str, inode: int) -> bool:
+    try:
+        return os.stat(directory).st_ino == inode
+    except OSError:
+        return False
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError | asyncio.TimeoutError):
+        return "timed out"
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _poll_interval() -> int | None:
+    try:
+        return int(ctx.options.gateway_rules_poll)
+    except (AttributeError, KeyError):
+        return None
+
+
+def _ts(value: float | None) -> str | None:
+    return rfc3339(value)
