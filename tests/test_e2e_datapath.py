@@ -19,6 +19,7 @@ import httpx
 import pytest
 import requests
 
+from tests.conftest import wait_until
 from tests.fakes import FakeProvider, Reply, refused_url
 from tests.harness import Gateway, write_rules
 
@@ -153,6 +154,8 @@ def test_unidentified_caller_gets_407_with_a_challenge(gw: Gateway, provider: Fa
 def test_connect_with_wrong_credentials_is_refused_at_the_tunnel(gw: Gateway) -> None:
     with pytest.raises(requests.exceptions.ProxyError, match="407"):
         call(gw, "https://api.demo.test/hello", secret="wrong", verify=gw.ca)
+    wait_until(lambda: any(line["http_method"] == "CONNECT" and line["code"] == -2001 for line in gw.log_lines()),
+               5, what="a log line for the refused tunnel")
 
 
 def test_proxy_authorization_on_connect_identifies_every_request_in_the_tunnel(

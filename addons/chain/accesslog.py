@@ -29,6 +29,7 @@ def passthrough_code(status: int) -> int:
 class AccessLogger:
     def __init__(self, gw: GatewayContext) -> None:
         self.gw = gw
+        gw.finish = self._finish  # for calls that end without a response hook (a refused CONNECT)
         self._fallback_redactor = Redactor([])
 
     def load(self, loader) -> None:  # type: ignore[no-untyped-def]

@@ -44,6 +44,8 @@ class GatewayContext:
         # The Call of each live flow; weak, so a flow that mitmproxy drops takes its Call with it.
         self.calls: weakref.WeakKeyDictionary[http.HTTPFlow, Call] = weakref.WeakKeyDictionary()
         self.on_rules_changed: list[Callable[[Compiled], None]] = []
+        # Writes a call's log line and metrics; set by the AccessLogger addon.
+        self.finish: Callable[[http.HTTPFlow], None] = lambda flow: None
 
     def http(self) -> aiohttp.ClientSession:
         if self.session is None or self.session.closed:

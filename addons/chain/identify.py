@@ -36,7 +36,7 @@ class Identify:
             call.error = "wrong proxy credentials on CONNECT"
             answer(flow, call, Code.CALLER_UNIDENTIFIED, "caller not identified: wrong app credentials",
                    headers=CHALLENGE)
-            self.gw.metrics.observe_call("_", "_", None, Code.CALLER_UNIDENTIFIED, 0.0)
+            self.gw.finish(flow)
             return
         self.tunnels[flow.client_conn] = credentials[0]
 
