@@ -63,6 +63,9 @@ class AccessLogger:
         if call.code is None:
             call.code = Code.UPSTREAM_UNAVAILABLE if call.passthrough else Code.GATEWAY_INTERNAL
             call.status = 502
+        elif flow.error is not None and "client disconnected" in flow.error.msg.lower():
+            # The answer was made but the caller had gone: nginx's 499 says so in the log.
+            call.status = 499
         call.error = call.error or (flow.error.msg if flow.error else "connection error")
         self._finish(flow)
 
