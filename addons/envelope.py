@@ -226,7 +226,17 @@ class RawAdapter(_Base):
     success or failure from the HTTP status, for the log, metrics and retries."""
 
     def _body(self, answer: ProviderAnswer, rule: str) -> Verdict:
-        return _success(answer.body)
+        verdict = _success(answer.body)
+        # The body stays the caller's, but a WeChat token error inside it must still let the gateway
+        # refresh its token (40001/40014/42001): note the provider's code when there is one.
+        if b'"errcode"' in answer.body[:256]:
+            try:
+                code = json.loads(answer.body).get("errcode")
+            except (ValueError, AttributeError):
+                code = None
+            if isinstance(code, int) and code != 0:
+                verdict.provider_code = str(code)
+        return verdict
 
     def _error_detail(self, answer: ProviderAnswer) -> tuple[str, str | None]:
         return (_snippet(answer.body), None) if answer.body else ("", None)

@@ -34,6 +34,8 @@ def wait_until(predicate: Callable[[], object], timeout: float = 10.0, interval:
             value = predicate()
             if value:
                 return value
+        except AssertionError:
+            raise  # a definitive failure (e.g. the process under test exited): no point waiting
         except Exception as exc:  # the thing polled may not be up yet
             last_exc = exc
         time.sleep(interval)

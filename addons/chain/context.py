@@ -80,7 +80,8 @@ def answer(flow: http.HTTPFlow, call: Call, code: int, message: str, data: Any =
 
 
 def fail(flow: http.HTTPFlow, call: Call, error: GatewayError, rule: str | None = None) -> None:
-    message = error.message if rule is None or error.message.startswith(rule) else f"{rule}: {error.message}"
+    prefixed = rule is None or error.message.startswith((rule, rule.split(".", 1)[0] + ":"))
+    message = error.message if prefixed else f"{rule}: {error.message}"
     if error.detail:
         call.error = error.detail
     answer(flow, call, error.code, message, headers=error.headers)

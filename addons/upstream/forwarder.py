@@ -338,7 +338,8 @@ async def _attempts(runtime: ServiceRuntime, base: OutboundRequest, rule: str, m
             result.verdict = verdict
             result.code, result.message, result.data = verdict.code, verdict.message, verdict.data
             result.error = verdict.detail
-            if verdict.code != 0 and not refreshed and runtime.credential.rejected(status, verdict.provider_code):
+            if ((verdict.code != 0 or verdict.provider_code is not None) and not refreshed
+                    and runtime.credential.rejected(status, verdict.provider_code)):
                 # The provider refused our token: fetch a new one and repeat this attempt once.
                 refreshed = True
                 await runtime.credential.refresh()
