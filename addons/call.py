@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
+import os
 import re
 import time
-import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -14,11 +15,17 @@ if TYPE_CHECKING:
 REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._-]{8,128}$")
 
 
+# A random per-process prefix and a counter: unique across a fleet and restarts, and far cheaper per
+# call than uuid4 (no system call).
+_ID_PREFIX = os.urandom(10).hex()
+_ID_COUNTER = itertools.count(1)
+
+
 def request_id_from(header: str | None) -> str:
     """The caller's X-Request-ID when it is well-formed, else a new one."""
     if header and REQUEST_ID_RE.match(header):
         return header
-    return uuid.uuid4().hex
+    return f"{_ID_PREFIX}{next(_ID_COUNTER):012x}"
 
 
 @dataclass(slots=True)

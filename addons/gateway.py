@@ -17,7 +17,7 @@ if _ROOT not in sys.path:
 
 from addons.chain.accesslog import AccessLogger  # noqa: E402
 from addons.chain.admin import Admin  # noqa: E402
-from addons.chain.context import GatewayContext  # noqa: E402
+from addons.chain.context import CallPipeline, GatewayContext  # noqa: E402
 from addons.chain.forward import Forward  # noqa: E402
 from addons.chain.identify import Identify  # noqa: E402
 from addons.chain.quota import Quota  # noqa: E402
@@ -28,6 +28,13 @@ from addons.chain.watch import Watch  # noqa: E402
 from addons.chain.webview import HideProxyAuth, WebView  # noqa: E402
 
 gw = GatewayContext()
+# The per-call steps, in the order a call meets them (each also keeps its own CONNECT/header hooks):
+steps = (
+    Identify(gw),      # which app: Proxy-Authorization (request or CONNECT), signature, address
+    Route(gw),         # which service.method; allow lists; unmatched / unknown_hosts
+    Quota(gw),         # every applicable quota admits the call, or 429 -2004
+    Forward(gw),       # credentials, signature, timeouts, retries, failover, envelope
+)
 rules = Rules(gw)
 watch = Watch(gw, rules)
 
@@ -38,9 +45,7 @@ addons = [
     rules,             # gateway_rules: load, validate, swap the rule set
     watch,             # reload on file change / SIGHUP / gateway.reload; gateway_rules_url feed
     Admin(gw, watch),  # gateway_admin: /metrics /healthz /readyz /status
-    Identify(gw),      # which app: Proxy-Authorization (request or CONNECT), signature, address
-    Route(gw),         # which service.method; allow lists; unmatched / unknown_hosts
-    Quota(gw),         # every applicable quota admits the call, or 429 -2004
-    Forward(gw),       # credentials, signature, timeouts, retries, failover, envelope
+    *steps,
+    CallPipeline(gw, *steps),  # runs the steps above, in order, from one request hook
     WebView(gw),       # stored flows: comment, failure mark, request credentials masked; gateway_web_keep
 ]

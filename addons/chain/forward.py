@@ -8,7 +8,7 @@ from mitmproxy.net.http import status_codes
 from multidict import CIMultiDict
 
 from addons.call import Call
-from addons.chain.context import GatewayContext, answer, fail, fail_closed
+from addons.chain.context import GatewayContext, answer, fail
 from addons.envelope import ProviderAnswer
 from addons.errors import GatewayError
 from addons.outbound import OutboundRequest
@@ -46,11 +46,10 @@ class Forward:
     def __init__(self, gw: GatewayContext) -> None:
         self.gw = gw
 
-    @fail_closed
-    async def request(self, flow: http.HTTPFlow) -> None:
+    async def on_request(self, flow: http.HTTPFlow) -> None:
         call = self.gw.call(flow)
         route = call.route
-        if flow.response is not None or route is None or self.gw.compiled is None:
+        if route is None or self.gw.compiled is None:
             return
         runtime = self.gw.compiled.services[route.service]
         method = (route.method_spec.method if flow.request.pretty_host == "gateway.local" and route.method_spec

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 import weakref
+from collections.abc import Awaitable
 
 from mitmproxy import connection, http
 
@@ -40,12 +41,12 @@ class Identify:
             return
         self.tunnels[flow.client_conn] = credentials[0]
 
-    @fail_closed
-    async def request(self, flow: http.HTTPFlow) -> None:
+    def on_request(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         call = self.gw.call(flow)
         compiled = self.gw.compiled
         if compiled is None:
-            raise GatewayError(Code.GATEWAY_MISCONFIGURED, "gateway has no rules loaded")
+            fail(flow, call, GatewayError(Code.GATEWAY_MISCONFIGURED, "gateway has no rules loaded"))
+            return None
         headers = flow.request.headers
         proxy_auth = headers.pop("proxy-authorization", None)
         signed = self._signed(headers)
@@ -59,13 +60,26 @@ class Identify:
             elif flow.client_conn in self.tunnels:
                 call.app = self.tunnels[flow.client_conn]
             elif signed is not None:
-                await self._verify(flow, signed)
-                call.app = signed.app
+                return self._identify_signed(flow, signed)  # the nonce needs the store: wait for it
             else:
-                call.app = compiled.apps.by_address(flow.client_conn.peername[0]) if flow.client_conn.peername else None
-            if call.app is None and compiled.gateway.require_app:
-                raise GatewayError(Code.CALLER_UNIDENTIFIED, "caller not identified: send app credentials "
-                                   "(Proxy-Authorization) or a signed request", headers=CHALLENGE)
+                peer = flow.client_conn.peername
+                call.app = compiled.apps.by_address(peer[0]) if peer else None
+            self._require(flow)
+        except GatewayError as error:
+            fail(flow, call, error)
+        return None
+
+    def _require(self, flow: http.HTTPFlow) -> None:
+        compiled = self.gw.compiled
+        if self.gw.call(flow).app is None and compiled is not None and compiled.gateway.require_app:
+            raise GatewayError(Code.CALLER_UNIDENTIFIED, "caller not identified: send app credentials "
+                               "(Proxy-Authorization) or a signed request", headers=CHALLENGE)
+
+    async def _identify_signed(self, flow: http.HTTPFlow, signed: SignedRequest) -> None:
+        call = self.gw.call(flow)
+        try:
+            await self._verify(flow, signed)
+            call.app = signed.app
         except GatewayError as error:
             fail(flow, call, error)
 

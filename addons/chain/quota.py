@@ -3,29 +3,40 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable
 
 from mitmproxy import http
 
-from addons.chain.context import GatewayContext, fail, fail_closed
+from addons.chain.context import GatewayContext, fail
 from addons.errors import Code, GatewayError
 from addons.quota import admission_headers
-from addons.state.base import StateUnavailable
+from addons.state.base import Admission, QuotaCheck, StateUnavailable
+from addons.state.memory import MemoryStore
 
 
 class Quota:
     def __init__(self, gw: GatewayContext) -> None:
         self.gw = gw
 
-    @fail_closed
-    async def request(self, flow: http.HTTPFlow) -> None:
+    def on_request(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         call = self.gw.call(flow)
         compiled = self.gw.compiled
-        if flow.response is not None or compiled is None or call.route is None or self.gw.store is None:
-            return
+        store = self.gw.store
+        if compiled is None or call.route is None or store is None:
+            return None
         now = time.time()
         checks = compiled.quotas(call.app, call.route, now)
         if not checks:
-            return
+            return None
+        if isinstance(store, MemoryStore):
+            # In-process counting needs no waiting: decide now, without a task switch.
+            self._decide(flow, checks, store.admit_now(checks, now), now)
+            return None
+        return self._admit_shared(flow, checks, now)
+
+    async def _admit_shared(self, flow: http.HTTPFlow, checks: list[QuotaCheck], now: float) -> None:
+        assert self.gw.store is not None
+        call = self.gw.call(flow)
         try:
             admission = await self.gw.store.admit(checks, now)
         except StateUnavailable as exc:
@@ -33,6 +44,10 @@ class Quota:
             fail(flow, call, GatewayError(Code.GATEWAY_INTERNAL, "quota state unavailable (state_failure: closed)"),
                  call.rule)
             return
+        self._decide(flow, checks, admission, now)
+
+    def _decide(self, flow: http.HTTPFlow, checks: list[QuotaCheck], admission: Admission, now: float) -> None:
+        call = self.gw.call(flow)
         if admission.degraded:
             call.degraded = True
             call.headers["X-Gateway-Degraded"] = "state"

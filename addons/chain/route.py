@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from mitmproxy import http
 
-from addons.chain.context import GatewayContext, fail, fail_closed
+from addons.chain.context import GatewayContext, fail
 from addons.errors import Code, GatewayError
 from addons.rules.router import UNMATCHED
 
@@ -39,10 +39,7 @@ class Route:
                 length.isdigit() and int(length) > STREAM_THRESHOLD):
             flow.response.stream = True
 
-    @fail_closed
-    async def request(self, flow: http.HTTPFlow) -> None:
-        if flow.response is not None:
-            return
+    def on_request(self, flow: http.HTTPFlow) -> None:
         call = self.gw.call(flow)
         compiled = self.gw.compiled
         assert compiled is not None

@@ -45,12 +45,23 @@ class WebView:
         self.fallback_redactor = Redactor()
         # The flows this addon finished, oldest first: the eviction order for mitmweb's store.
         self._finished: collections.deque[http.HTTPFlow] = collections.deque()
+        self._storing = True  # until running() knows better: cleaning too much is the safe side
 
     def load(self, loader) -> None:  # type: ignore[no-untyped-def]
         loader.add_option("gateway_web_keep", int, 2000,
                           "mitmweb: keep only the newest N finished flows in memory (0: keep none).")
 
+    def running(self) -> None:
+        self._update_storing()
+
+    def _update_storing(self) -> None:
+        # Only a stored flow needs a comment and a cleaned request: mitmweb's view keeps flows, and
+        # `-w` (save_stream_file) writes them. Plain mitmdump keeps nothing, so the work is skipped.
+        self._storing = _view() is not None or bool(getattr(ctx.options, "save_stream_file", None))
+
     def configure(self, updated: set[str]) -> None:
+        if "save_stream_file" in updated:
+            self._update_storing()
         if "gateway_web_keep" in updated:
             if ctx.options.gateway_web_keep < 0:
                 raise exceptions.OptionsError("gateway_web_keep must be 0 or more")
@@ -68,6 +79,8 @@ class WebView:
         self._finish(flow)
 
     def _finish(self, flow: http.HTTPFlow) -> None:
+        if not self._storing:
+            return
         try:
             redactor = self.gw.compiled.redactor if self.gw.compiled is not None else self.fallback_redactor
             call = self.gw.calls.get(flow)
