@@ -319,3 +319,19 @@ def test_oauth2_bearer_injection_and_refresh_on_401(tmp_path: Path, confdir: Pat
     text = gw.log_path.read_text() + gw.output()
     for secret in [*issued, OAUTH_SECRET]:
         assert secret not in text
+
+
+def test_raw_envelope_service_still_refreshes_an_invalidated_token(tmp_path: Path, confdir: Path,
+                                                                     fake: FakeProvider) -> None:
+    # A legacy app's SDK wants WeChat's own bodies (envelope: raw); a 40001 inside such a body must
+    # still make the gateway refresh its token and repeat the call, and the app sees only success.
+    wechat = FakeWechat(fake)
+    rules = wechat_rules(tmp_path, fake.url)
+    path = rules / "wechat.yaml"
+    path.write_text(path.read_text().replace("envelope: wechat", "envelope: raw"))
+    with Gateway(rules, confdir, env={"WECHAT_SECRET": WECHAT_SECRET}) as gw:
+        assert send(gw).json() == {"errcode": 0, "errmsg": "ok", "msgid": 1}
+        wechat.invalidate()
+        again = send(gw)
+        assert again.json() == {"errcode": 0, "errmsg": "ok", "msgid": 1}, again.text
+        assert wechat.fetches == 2
