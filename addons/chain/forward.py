@@ -10,7 +10,7 @@ from multidict import CIMultiDict
 from addons.call import Call
 from addons.chain.context import GatewayContext, answer, fail
 from addons.envelope import ProviderAnswer
-from addons.errors import GatewayError
+from addons.errors import Code, GatewayError
 from addons.outbound import OutboundRequest
 from addons.upstream.forwarder import HOP_BY_HOP, MEDIA_TYPES, Result, forward
 
@@ -72,7 +72,10 @@ class Forward:
         call.error = result.error
         if local is None:  # a fallback answer made no attempt: "0" says so
             call.headers["X-Gateway-Attempts"] = str(result.attempts)
-        if result.verdict is not None and result.status is not None and (
+        # An answer the gateway could not vouch for (-1004: a bad response signature, an undecodable
+        # body) is never handed on as it came, not even to a raw caller: a forged answer must not
+        # reach an SDK that may not check it again.
+        if result.verdict is not None and result.status is not None and result.code != Code.UPSTREAM_UNREADABLE and (
                 call.raw or (result.code == 0 and _is_media(result.headers.get("content-type", "")))):
             self._raw(flow, call, result)
         else:
