@@ -405,3 +405,15 @@ def test_binary_success_passes_through_unwrapped(gw: Gateway, provider: FakeProv
     assert r.headers["X-Request-ID"]
     provider.on("POST", "/wxa/getwxacodeunlimit", Reply(200, {"errcode": 40097, "errmsg": "invalid args"}))
     assert envelope(call(gw, "http://wx.test/wxa/getwxacodeunlimit", "POST", json={}))["code"] == -2005
+
+
+def test_large_body_to_an_unknown_host_is_checked_before_anything_is_sent(
+        gw: Gateway, provider: FakeProvider) -> None:
+    provider.on("POST", "/upload", lambda seen: Reply(200, {"received": len(seen.body)}))
+    body = b"x" * (2 * 1024 * 1024)
+    before = len(provider.hits("/upload"))
+    refused = call(gw, f"http://127.0.0.1:{provider.port}/upload", "POST", app=None, data=body)
+    assert refused.status_code == 407 and envelope(refused)["code"] == -2001
+    assert len(provider.hits("/upload")) == before  # nothing reached the host
+    allowed = call(gw, f"http://127.0.0.1:{provider.port}/upload", "POST", data=body)
+    assert allowed.status_code == 200 and allowed.json() == {"received": len(body)}

@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 import aiohttp
-from mitmproxy import http
+from mitmproxy import connection, http
 
 from addons.call import Call, request_id_from
 from addons.envelope import render
@@ -43,6 +43,8 @@ class GatewayContext:
         self.last_reload_at: float | None = None
         # The Call of each live flow; weak, so a flow that mitmproxy drops takes its Call with it.
         self.calls: weakref.WeakKeyDictionary[http.HTTPFlow, Call] = weakref.WeakKeyDictionary()
+        # Apps identified on the CONNECT of a tunnel: every request inside it is theirs.
+        self.tunnels: weakref.WeakKeyDictionary[connection.Client, str] = weakref.WeakKeyDictionary()
         self.on_rules_changed: list[Callable[[Compiled], None]] = []
         # Writes a call's log line and metrics; set by the AccessLogger addon.
         self.finish: Callable[[http.HTTPFlow], None] = lambda flow: None

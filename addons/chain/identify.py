@@ -4,10 +4,9 @@ the client address. The caller's identity headers are removed here, so they neve
 from __future__ import annotations
 
 import time
-import weakref
 from collections.abc import Awaitable
 
-from mitmproxy import connection, http
+from mitmproxy import http
 
 from addons.chain.context import GatewayContext, answer, fail, fail_closed
 from addons.errors import Code, GatewayError
@@ -21,8 +20,7 @@ CHALLENGE = {"Proxy-Authenticate": 'Basic realm="gateway"'}
 class Identify:
     def __init__(self, gw: GatewayContext) -> None:
         self.gw = gw
-        # Apps identified on the CONNECT of a tunnel: every request inside it is theirs.
-        self.tunnels: weakref.WeakKeyDictionary[connection.Client, str] = weakref.WeakKeyDictionary()
+        self.tunnels = gw.tunnels
 
     @fail_closed
     async def http_connect(self, flow: http.HTTPFlow) -> None:

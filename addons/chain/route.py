@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import logging
+
 from mitmproxy import http
 
-from addons.chain.context import GatewayContext, fail
+from addons.chain.context import GatewayContext, fail, internal_error
 from addons.errors import Code, GatewayError
 from addons.rules.router import UNMATCHED
+
+log = logging.getLogger("gateway")
 
 EXPLICIT_HOST = "gateway.local"
 STREAM_THRESHOLD = 1024 * 1024  # bodies above this pass through natively without being buffered
@@ -17,27 +21,41 @@ class Route:
         self.gw = gw
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
-        # Native pass-through (hosts no service owns) streams large bodies instead of buffering them;
-        # service calls are buffered, since the gateway sends them itself and may retry or sign them.
+        try:
+            self._choose_streaming(flow)
+        except Exception as exc:
+            internal_error(self.gw, flow, "Route.requestheaders", exc)
+
+    def _choose_streaming(self, flow: http.HTTPFlow) -> None:
+        # Service calls are buffered: the gateway sends them itself and may retry or sign them.
+        # Native pass-through (hosts no service owns) streams a large body instead, but a streamed
+        # body goes upstream before the `request` hook identifies the caller: so only when egress to
+        # unknown hosts is allowed and the caller is already known (its tunnel's CONNECT, or no app
+        # required). Otherwise the body is buffered and checked like any other call.
         compiled = self.gw.compiled
         if compiled is None or flow.request.pretty_host == EXPLICIT_HOST:
             return
-        if compiled.router.owner(flow.request.pretty_host) is None:
-            length = flow.request.headers.get("content-length", "")
-            if length.isdigit() and int(length) > STREAM_THRESHOLD:
-                flow.request.stream = True
-        else:
+        if compiled.router.owner(flow.request.pretty_host) is not None:
             flow.request.stream = False
+            return
+        gateway = compiled.gateway
+        known = flow.client_conn in self.gw.tunnels or not gateway.require_app
+        length = flow.request.headers.get("content-length", "")
+        large = length.isdigit() and int(length) > STREAM_THRESHOLD
+        flow.request.stream = large and known and gateway.unknown_hosts == "allow"
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         call = self.gw.calls.get(flow)
         if call is None or not call.passthrough or flow.response is None:
             return
-        flow.response.headers["X-Request-ID"] = call.request_id
-        length = flow.response.headers.get("content-length", "")
-        if flow.response.headers.get("content-type", "").startswith("text/event-stream") or (
-                length.isdigit() and int(length) > STREAM_THRESHOLD):
-            flow.response.stream = True
+        try:
+            flow.response.headers["X-Request-ID"] = call.request_id
+            length = flow.response.headers.get("content-length", "")
+            if flow.response.headers.get("content-type", "").startswith("text/event-stream") or (
+                    length.isdigit() and int(length) > STREAM_THRESHOLD):
+                flow.response.stream = True  # server-sent events and large downloads pass as they come
+        except Exception as exc:  # the answer is the provider's; it still goes to the caller
+            log.error("gateway: responseheaders failed for %s: %s", call.request_id, type(exc).__name__)
 
     def on_request(self, flow: http.HTTPFlow) -> None:
         call = self.gw.call(flow)

@@ -44,6 +44,11 @@ class Rules:
                 log.warning("gateway: connection_strategy=%s; setting it to lazy so calls can be routed "
                             "before any upstream connection is made", ctx.options.connection_strategy)
                 ctx.options.update(connection_strategy="lazy")
+        if ("listen_host" in updated or "gateway_rules" in updated) and ctx.options.listen_host in ("", "0.0.0.0", "::"):
+            # mitmproxy binds every interface by default; a gateway holding provider secrets should
+            # listen where only its applications reach it (run_proxy.sh defaults to 127.0.0.1).
+            log.warning("gateway: the proxy listens on all interfaces (listen_host=%r); set --listen-host "
+                        "(GATEWAY_LISTEN) to the address applications use", ctx.options.listen_host)
         if "gateway_rules" in updated:
             problems = self.reload("start" if self.gw.compiled is None else "option")
             if problems and self.gw.compiled is None:
