@@ -44,7 +44,8 @@ class Rules:
                 log.warning("gateway: connection_strategy=%s; setting it to lazy so calls can be routed "
                             "before any upstream connection is made", ctx.options.connection_strategy)
                 ctx.options.update(connection_strategy="lazy")
-        if ("listen_host" in updated or "gateway_rules" in updated) and ctx.options.listen_host in ("", "0.0.0.0", "::"):
+        everywhere = ctx.options.listen_host in ("", "0.0.0.0", "::")
+        if ("listen_host" in updated or "gateway_rules" in updated) and everywhere:
             # mitmproxy binds every interface by default; a gateway holding provider secrets should
             # listen where only its applications reach it (run_proxy.sh defaults to 127.0.0.1).
             log.warning("gateway: the proxy listens on all interfaces (listen_host=%r); set --listen-host "
