@@ -33,6 +33,7 @@ class Call:
     request_id: str
     http_method: str
     url: str  # as the caller named it (redacted before it is written anywhere)
+    host: str = ""  # the host the caller named (Host header or authority), computed once per call
     ts: float = field(default_factory=time.time)
     started: float = field(default_factory=time.perf_counter)
     app: str | None = None

@@ -52,7 +52,7 @@ class Forward:
         if route is None or self.gw.compiled is None:
             return
         runtime = self.gw.compiled.services[route.service]
-        method = (route.method_spec.method if flow.request.pretty_host == "gateway.local" and route.method_spec
+        method = (route.method_spec.method if call.host == "gateway.local" and route.method_spec
                   and route.method_spec.method else flow.request.method)
         try:
             local = runtime.credential.local_answer(route.path, method)

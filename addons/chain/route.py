@@ -33,9 +33,10 @@ class Route:
         # unknown hosts is allowed and the caller is already known (its tunnel's CONNECT, or no app
         # required). Otherwise the body is buffered and checked like any other call.
         compiled = self.gw.compiled
-        if compiled is None or flow.request.pretty_host == EXPLICIT_HOST:
+        host = self.gw.call(flow).host
+        if compiled is None or host == EXPLICIT_HOST:
             return
-        if compiled.router.owner(flow.request.pretty_host) is not None:
+        if compiled.router.owner(host) is not None:
             flow.request.stream = False
             return
         gateway = compiled.gateway
@@ -63,18 +64,18 @@ class Route:
         assert compiled is not None
         request = flow.request
         try:
-            if request.pretty_host == EXPLICIT_HOST:
+            if call.host == EXPLICIT_HOST:
                 parts = request.path.split("?", 1)[0].strip("/").split("/")
                 if len(parts) != 2 or not all(parts):
                     raise GatewayError(Code.CALLER_INVALID, f"call http://{EXPLICIT_HOST}/<service>/<method>")
                 route = compiled.router.explicit(parts[0], parts[1], dict(request.query))
             else:
-                route = compiled.router.match(request.pretty_host, request.path, request.method)
+                route = compiled.router.match(call.host, request.path, request.method)
             if route is None:
                 call.passthrough = True
                 if compiled.gateway.unknown_hosts == "deny":
                     raise GatewayError(Code.CALLER_FORBIDDEN,
-                                       f"egress to {request.pretty_host} is not allowed (no service owns it)")
+                                       f"egress to {call.host} is not allowed (no service owns it)")
                 request.headers["X-Request-ID"] = call.request_id
                 request.headers.pop("x-gateway-envelope", None)
                 return
