@@ -25,6 +25,7 @@ from addons.chain.route import Route  # noqa: E402
 from addons.chain.rules import Rules  # noqa: E402
 from addons.chain.state import State  # noqa: E402
 from addons.chain.watch import Watch  # noqa: E402
+from addons.chain.websocket import WebSockets  # noqa: E402
 from addons.chain.webview import HideProxyAuth, WebView  # noqa: E402
 
 gw = GatewayContext()
@@ -47,5 +48,6 @@ addons = [
     Admin(gw, watch),  # gateway_admin: /metrics /healthz /readyz /status
     *steps,
     CallPipeline(gw, *steps),  # runs the steps above, in order, from one request hook
+    WebSockets(gw),    # pass-through WebSockets keep only their newest message (bounded memory)
     WebView(gw),       # stored flows: comment, failure mark, request credentials masked; gateway_web_keep
 ]

@@ -60,9 +60,17 @@ class AccessLogger:
         call = self.gw.calls.get(flow)
         if call is None or call.logged:
             return
+        message = flow.error.msg if flow.error else ""
         if call.code is None:
-            call.code = Code.UPSTREAM_UNAVAILABLE if call.passthrough else Code.GATEWAY_INTERNAL
-            call.status = 502
+            if call.passthrough:
+                call.code, call.status = Code.UPSTREAM_UNAVAILABLE, 502
+            elif call.route is None:
+                # mitmproxy refused the request before the chain saw it (a malformed request, a client
+                # that went away): the caller's side, not the gateway's.
+                call.code = Code.CALLER_INVALID
+                call.status = 499 if "disconnect" in message.lower() else 400
+            else:
+                call.code, call.status = Code.GATEWAY_INTERNAL, 502
         elif flow.error is not None and "client disconnected" in flow.error.msg.lower():
             # The answer was made but the caller had gone: nginx's 499 says so in the log.
             call.status = 499

@@ -7,6 +7,7 @@ import logging
 from mitmproxy import http
 
 from addons.chain.context import GatewayContext, fail, internal_error
+from addons.chain.websocket import is_upgrade
 from addons.errors import Code, GatewayError
 from addons.rules.router import UNMATCHED
 
@@ -81,6 +82,9 @@ class Route:
                 return
             call.route = route
             call.service, call.method = route.service, route.method
+            if is_upgrade(request):
+                raise GatewayError(Code.CALLER_INVALID, f"{route.name}: WebSockets to a service are not "
+                                   "supported (the gateway sends service calls itself)")
             if route.disabled is not None:
                 call.error = route.disabled.reason
                 raise GatewayError(Code.GATEWAY_MISCONFIGURED,
