@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import ssl
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -58,6 +59,18 @@ def _target(name: str, url: str) -> Target:
     return Target(name, parts.scheme, parts.hostname or "", port, parts.path.rstrip("/"))
 
 
+def upstream_ssl(spec: ServiceSpec) -> ssl.SSLContext | bool | None:
+    """What aiohttp's `ssl=` gets for this service: None is its default (system CAs, verified)."""
+    if not spec.upstream.verify:
+        log.warning("gateway: TLS verification of %s's upstream is OFF (upstream.verify: false)", spec.service)
+        return False
+    if spec.upstream.ca is None:
+        return None
+    context = ssl.create_default_context()
+    context.load_verify_locations(cadata=spec.upstream.ca)
+    return context
+
+
 def envelope_kind(spec: ServiceSpec) -> str:
     return spec.envelope if isinstance(spec.envelope, str) else spec.envelope.type
 
@@ -82,7 +95,9 @@ class ServiceRuntime:
         self.targets = {"primary": _target("primary", spec.upstream.url)}
         if spec.upstream.backup:
             self.targets["backup"] = _target("backup", spec.upstream.backup)
+        self.ssl = upstream_ssl(spec)
         self.health = ServiceHealth.from_spec(spec.service, spec.upstream, spec.health)
+        self.health.ssl = self.ssl
 
     def policy(self, method: str) -> RetryPolicy:
         return self.method_retry.get(method, self.retry)

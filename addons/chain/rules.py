@@ -81,6 +81,7 @@ class Rules:
         kept = self.gw.health.apply({name: rt.health for name, rt in compiled.services.items()})
         for name, health in kept.items():
             compiled.services[name].health = health
+            health.ssl = compiled.services[name].ssl  # a kept prober follows a changed upstream.ca
         self.gw.compiled = compiled
         self.gw.last_reload_error = []
         self.gw.metrics.reloaded("success")

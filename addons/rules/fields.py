@@ -36,6 +36,9 @@ def _resolve_file_ref(value: Any, info: ValidationInfo) -> Any:
     return value
 
 
+# A value given inline or as `file:path` (a CA bundle, say): not secret, so a plain string.
+FileText = Annotated[str, BeforeValidator(_resolve_file_ref)]
+
 # A secret: inline, `${ENV}` (substituted before validation) or `file:path`. SecretStr keeps it out of
 # every repr, so a rule object printed into a log or /status shows `**********`.
 Secret = Annotated[SecretStr, BeforeValidator(_resolve_file_ref)]

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import ssl
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, Field, field_validator, model_validator
 
 from addons.credentials.schema import CredentialsSpec, NoCredentials
-from addons.rules.fields import Duration, Model, Name, RateField, Secret, TimeZone
+from addons.rules.fields import Duration, FileText, Model, Name, RateField, Secret, TimeZone
 from addons.signing.schema import SigningSpec
 
 HTTP_METHODS = {"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"}
@@ -49,10 +50,23 @@ class QuotaSpec(Model):
     tz: TimeZone = None
 
 
+def _check_ca(value: str | None) -> str | None:
+    if value is not None:
+        try:
+            ssl.create_default_context().load_verify_locations(cadata=value)
+        except (ssl.SSLError, ValueError) as exc:
+            raise ValueError(f"ca is not a usable PEM certificate bundle ({exc})") from None
+    return value
+
+
 class UpstreamSpec(Model):
     url: UpstreamURL
     backup: UpstreamURL | None = None
     timeout: Duration = 10.0
+    # TLS to the provider: `ca` (PEM text or file:path) is trusted besides the system's CAs, for
+    # providers on a private CA; `verify: false` turns verification off (a test environment only).
+    ca: Annotated[FileText | None, AfterValidator(_check_ca)] = None
+    verify: bool = True
 
 
 RetryOn = Literal["timeout", "connect"] | int

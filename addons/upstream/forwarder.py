@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import ssl
 import time
 from dataclasses import dataclass, field
 from types import SimpleNamespace
@@ -166,24 +167,26 @@ class _Stale:
     outcome: Outcome
 
 
-async def _send(session: aiohttp.ClientSession, req: OutboundRequest, timeout: float
+async def _send(session: aiohttp.ClientSession, req: OutboundRequest, timeout: float,
+                tls: ssl.SSLContext | bool | None = None
                 ) -> tuple[int, CIMultiDictProxy[str], bytes] | Outcome:
     """One attempt. A request that failed on a pooled connection before any answer (the provider
     closed it while idle, as the request went out) is sent once more on the spot when its method is
     idempotent, as RFC 9112 9.3.1 allows: that is no retry and no failure of the target. A POST
     cannot be repeated so: the provider may have read it before closing."""
     started = time.monotonic()
-    outcome = await _send_once(session, req, timeout)
+    outcome = await _send_once(session, req, timeout, tls)
     if isinstance(outcome, _Stale):
         left = timeout - (time.monotonic() - started)
         if req.method.upper() in IDEMPOTENT and left >= MIN_ATTEMPT:
-            outcome = await _send_once(session, req, left)
+            outcome = await _send_once(session, req, left, tls)
         if isinstance(outcome, _Stale):
             return outcome.outcome
     return outcome
 
 
-async def _send_once(session: aiohttp.ClientSession, req: OutboundRequest, timeout: float
+async def _send_once(session: aiohttp.ClientSession, req: OutboundRequest, timeout: float,
+                     tls: ssl.SSLContext | bool | None = None
                      ) -> tuple[int, CIMultiDictProxy[str], bytes] | Outcome | _Stale:
     # ceil_threshold=inf: aiohttp otherwise rounds timeouts above 5 s up to a whole second of the
     # loop clock, which could carry a call up to a second past its deadline.
@@ -194,7 +197,7 @@ async def _send_once(session: aiohttp.ClientSession, req: OutboundRequest, timeo
         # The hard bound: aiohttp treats a timeout of 0 as none at all, and cannot bound all it awaits.
         async with asyncio.timeout(timeout + ATTEMPT_GRACE), session.request(
             req.method, URL(req.url, encoded=True), headers=req.headers, data=req.body or None,
-            timeout=client_timeout, allow_redirects=False, trace_request_ctx=trace,
+            timeout=client_timeout, allow_redirects=False, trace_request_ctx=trace, ssl=True if tls is None else tls,
             skip_auto_headers=("Accept", "Accept-Encoding", "Content-Type", "User-Agent"),
         ) as resp:
             answered = True
@@ -318,7 +321,7 @@ async def _attempts(runtime: ServiceRuntime, base: OutboundRequest, rule: str, m
         if runtime.signer is not None:
             runtime.signer.sign(req, time.time())
         started = time.perf_counter()
-        sent = await _send(session, req, timeout)
+        sent = await _send(session, req, timeout, runtime.ssl)
         elapsed = time.perf_counter() - started
         if metrics is not None:
             metrics.observe_upstream(runtime.name, target.name, elapsed)

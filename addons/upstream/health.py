@@ -195,6 +195,7 @@ class ServiceHealth:
         self.primary = target("primary", primary)
         self.backup = target("backup", backup) if backup else None
         self.key = self.make_key(primary, backup, spec, cooldown)
+        self.ssl: Any = None  # the service's TLS settings for probes (aiohttp `ssl=`; None: default)
 
     @classmethod
     def from_spec(cls, service: str, upstream: UpstreamSpec, health: HealthSpec | None,
@@ -340,7 +341,8 @@ class HealthProber:
             # asyncio.timeout bounds the whole probe even where aiohttp's own timeout would not
             # (e.g. a resolver that ignores it); aiohttp's keeps its error specific.
             async with asyncio.timeout(timeout + 0.5):
-                async with self.session.get(target.url + path, allow_redirects=False,
+                tls = self.health.ssl
+                async with self.session.get(target.url + path, allow_redirects=False, ssl=True if tls is None else tls,
                                             timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
                     status = resp.status
         except TimeoutError:
