@@ -15,6 +15,7 @@ log = logging.getLogger("gateway")
 
 EXPLICIT_HOST = "gateway.local"
 STREAM_THRESHOLD = 1024 * 1024  # bodies above this pass through natively without being buffered
+MAX_SERVICE_BODY = 64 * 1024 * 1024  # a service call's body is buffered (retries, signatures): capped
 
 
 class Route:
@@ -37,12 +38,20 @@ class Route:
         host = self.gw.call(flow).host
         if compiled is None or host == EXPLICIT_HOST:
             return
+        length = flow.request.headers.get("content-length", "")
         if compiled.router.owner(host) is not None:
             flow.request.stream = False
+            if length.isdigit() and int(length) > MAX_SERVICE_BODY:
+                # A service call's body is buffered whole, and mitmproxy reads a request's body before
+                # it sends any answer: the only way not to read it is to close the connection now.
+                call = self.gw.call(flow)
+                call.code, call.status = Code.CALLER_INVALID, 413
+                call.error = (f"request body of {length} bytes is larger than the "
+                              f"{MAX_SERVICE_BODY // (1024 * 1024)} MiB a service call takes; connection closed")
+                flow.kill()
             return
         gateway = compiled.gateway
         known = flow.client_conn in self.gw.tunnels or not gateway.require_app
-        length = flow.request.headers.get("content-length", "")
         large = length.isdigit() and int(length) > STREAM_THRESHOLD
         flow.request.stream = large and known and gateway.unknown_hosts == "allow"
 
