@@ -33,6 +33,8 @@ Everything runs on this machine, on 127.0.0.1 and free ports, and is stopped at 
   each measurement after a warm-up (``--warmup``, plus ``--first-warmup`` the first time). The
   table shows medians; "vs bare" is the median of the per-pair req/s ratios and "p99 added" the
   median of the per-pair p99 differences, so a machine that slows down between rounds cancels out.
+- ``--rate R``: every row with hey at a fixed total rate of R requests/s (``-q`` per connection)
+  instead of as fast as possible, so the latency columns show what a proxy adds below saturation.
 - ``--soak S``: after the rounds, a sustained load on one gateway (``--soak-row``, default gw-mem)
   for S seconds, sampling its resident memory (RSS); reports start, middle and end and the growth.
   Exits 1 when it grows by more than ``--soak-max-growth`` percent (default 10).
@@ -491,14 +493,35 @@ def load_for(row: str, stack: Stack) -> Load:
                                  "BENCH_AUTH": stack.proxy_auth})
 
 
-def run_load(procs: Processes, load: Load, seconds: int, connections: int) -> dict[str, float]:
-    """One run of the load generator; returns requests, rps, p50_ms, p99_ms, errors, non2xx, seconds."""
+def at_rate(load: Load, rate: int) -> Load:
+    """The same calls from hey at a fixed total rate: latency below saturation, where "p99 added" means
+    what the gateway adds to a call, not how long calls queue behind each other (wrk has no rate)."""
+    if load.tool == "hey":
+        return load
+    path = load.env["BENCH_PATH"]
+    headers = [f"X-Api-Key: {load.env['BENCH_API_KEY']}"] if load.env.get("BENCH_API_KEY") else []
+    if load.env.get("BENCH_AUTH"):
+        headers.append(f"Proxy-Authorization: {load.env['BENCH_AUTH']}")
+    if path.startswith("http"):
+        return Load("hey", load.port, url=path, proxy=f"http://127.0.0.1:{load.port}", headers=headers)
+    return Load("hey", load.port, url=f"http://127.0.0.1:{load.port}{path}", headers=headers)
+
+
+def run_load(procs: Processes, load: Load, seconds: int, connections: int, rate: int = 0) -> dict[str, float]:
+    """One run of the load generator; returns requests, rps, p50_ms, p99_ms, errors, non2xx, seconds.
+    `rate` > 0: a fixed total rate of requests per second, spread over the connections (hey -q)."""
+    if rate:
+        load = at_rate(load, rate)
     if load.tool == "wrk":
         argv = [need("wrk"), "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s",
                 "-s", str(HERE / "abs.lua"), f"http://127.0.0.1:{load.port}/"]
         env = dict(os.environ, **load.env)
     else:
-        argv = [need("hey"), "-z", f"{seconds}s", "-c", str(connections), "-t", "10", "-x", load.proxy]
+        argv = [need("hey"), "-z", f"{seconds}s", "-c", str(connections), "-t", "10"]
+        if load.proxy:
+            argv += ["-x", load.proxy]
+        if rate:
+            argv += ["-q", str(max(1, rate // connections))]
         for header in load.headers:
             argv += ["-H", header]
         argv.append(load.url)
@@ -619,10 +642,10 @@ def measure(args: argparse.Namespace, stack: Stack, procs: Processes, rows: dict
         try:
             warm = args.warmup + (args.first_warmup if name not in warmed else 0)
             if warm > 0:
-                raw = run_load(procs, load, warm, args.connections)
+                raw = run_load(procs, load, warm, args.connections, args.rate)
                 count_sent(stack, name, raw)
             warmed.add(name)
-            raw = run_load(procs, load, args.duration, args.connections)
+            raw = run_load(procs, load, args.duration, args.connections, args.rate)
             count_sent(stack, name, raw)
         except BenchError as exc:
             row.error = str(exc)
@@ -800,6 +823,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--duration", type=int, default=10, help="seconds measured per row and round (default 10)")
     p.add_argument("--rounds", type=int, default=3, help="rounds; the table shows medians (default 3)")
     p.add_argument("--connections", "-c", type=int, default=16, help="keep-alive connections (default 16)")
+    p.add_argument("--rate", type=int, default=0,
+                   help="fixed total requests/s for every row, with hey (default 0: as fast as possible, wrk); "
+                        "below saturation the p99 column shows what the proxy adds to one call")
     p.add_argument("--warmup", type=int, default=1, help="warm-up seconds before each measurement (default 1)")
     p.add_argument("--first-warmup", type=int, default=3, help="extra warm-up the first time (default 3)")
     p.add_argument("--rows", default=",".join(ALL_ROWS), help=f"comma-separated, of: {','.join(ALL_ROWS)}")
@@ -838,11 +864,12 @@ def main(argv: list[str] | None = None) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     bin_dir = Path(sys.executable).parent
     procs = Processes(workdir)
-    rows = {name: Row(name, LABELS[name], "hey" if name.endswith("https") else "wrk", BASELINE.get(name))
+    rows = {name: Row(name, LABELS[name], "hey" if name.endswith("https") or args.rate else "wrk",
+                      BASELINE.get(name))
             for name in args.rows}
     try:
         need("wrk")
-        if any(r.endswith("https") for r in rows):
+        if args.rate or any(r.endswith("https") for r in rows):
             need("hey")
     except MissingTool as exc:
         print(f"bench: {exc}", file=sys.stderr)
