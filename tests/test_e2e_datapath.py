@@ -431,3 +431,14 @@ def test_an_oversized_body_to_a_service_is_refused_before_it_is_read(gw: Gateway
     line = gw.log_for("oversized-body-1")
     assert (line["code"], line["status"]) == (-2005, 413) and "64 MiB" in line["error"]
     assert len(provider.hits("/base/echo")) == before
+
+
+def test_octet_stream_is_read_as_json_when_it_is_json(gw: Gateway, provider: FakeProvider) -> None:
+    # Many servers label everything application/octet-stream: JSON inside still gets the envelope,
+    # anything else passes as the file it is.
+    provider.on("GET", "/base/labelled", Reply(200, b'{"id": 7}', {"Content-Type": "application/octet-stream"}))
+    assert envelope(call(gw, "http://api.demo.test/labelled"))["data"] == {"id": 7}
+    blob = bytes(range(256)) * 4
+    provider.on("GET", "/base/file", Reply(200, blob, {"Content-Type": "application/octet-stream"}))
+    r = call(gw, "http://api.demo.test/file")
+    assert r.status_code == 200 and r.content == blob

@@ -12,7 +12,7 @@ from addons.chain.context import GatewayContext, answer, fail
 from addons.envelope import ProviderAnswer
 from addons.errors import Code, GatewayError
 from addons.outbound import OutboundRequest
-from addons.upstream.forwarder import HOP_BY_HOP, MEDIA_TYPES, Result, forward
+from addons.upstream.forwarder import BINARY_BODY, HOP_BY_HOP, Result, forward
 
 # Caller headers that are the gateway's business, not the provider's.
 _DROP = HOP_BY_HOP | {"x-request-id", "x-gateway-envelope", "accept-encoding"}
@@ -34,12 +34,6 @@ def outbound_from(flow: http.HTTPFlow, request_id: str, method: str, path: str,
     query = [(k, v) for k, v in request.query.items(multi=True) if k not in consumed]
     return OutboundRequest(method=method, scheme="", host="", port=0, path=path, query=query, headers=headers,
                            body=request.raw_content or b"")
-
-
-def _is_media(content_type: str) -> bool:
-    """A successful binary answer (WeChat's QR codes, media downloads) cannot live in a JSON envelope:
-    it goes to the caller as it came, with X-Request-ID set."""
-    return content_type.lower().startswith(MEDIA_TYPES)
 
 
 class Forward:
@@ -76,7 +70,9 @@ class Forward:
         # body) is never handed on as it came, not even to a raw caller: a forged answer must not
         # reach an SDK that may not check it again.
         if result.verdict is not None and result.status is not None and result.code != Code.UPSTREAM_UNREADABLE and (
-                call.raw or (result.code == 0 and _is_media(result.headers.get("content-type", "")))):
+                call.raw or result.data is BINARY_BODY):
+            # A successful binary answer (WeChat's QR codes, media downloads) cannot live in a JSON
+            # envelope: it goes to the caller as it came, with X-Request-ID set.
             self._raw(flow, call, result)
         else:
             answer(flow, call, result.code, result.message, result.data)

@@ -34,7 +34,9 @@ HOP_BY_HOP = frozenset({
     "connection", "keep-alive", "proxy-connection", "proxy-authenticate", "proxy-authorization", "te",
     "trailer", "transfer-encoding", "upgrade", "host", "content-length",
 })
-MEDIA_TYPES = ("image/", "audio/", "video/", "application/octet-stream", "application/pdf", "application/zip")
+MEDIA_TYPES = ("image/", "audio/", "video/", "application/pdf", "application/zip")
+# `data` of a successful binary answer: the caller gets the provider's bytes as they came.
+BINARY_BODY = object()
 MAX_BODY = 64 * 1024 * 1024  # an upstream answer larger than this is refused, not buffered
 # Methods a client may repeat by itself after a connection failure (RFC 9110 9.2.2).
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
@@ -372,10 +374,16 @@ def _classify(runtime: ServiceRuntime, rule: str, status: int, headers: CIMultiD
     except (ValueError, OSError, EOFError):
         return Verdict(Code.UPSTREAM_UNREADABLE, f"{rule}: upstream answer unreadable", None,
                        detail=f"bad content-encoding {headers.get('content-encoding')!r}")
-    if 200 <= status < 300 and headers.get("content-type", "").lower().startswith(MEDIA_TYPES):
+    success = 200 <= status < 300
+    content_type = headers.get("content-type", "").lower()
+    if success and content_type.startswith(MEDIA_TYPES):
         # A binary success (WeChat QR codes, media downloads) has no JSON to judge: it passes as it came.
-        return Verdict(Code.OK, "success", None)
+        return Verdict(Code.OK, "success", BINARY_BODY)
     verdict = runtime.adapter.classify(ProviderAnswer(status, headers, decoded), rule)
+    if success and verdict.code == Code.UPSTREAM_UNREADABLE and content_type.startswith("application/octet-stream"):
+        # octet-stream is also what sloppy servers label JSON with, so the adapter reads it first; only
+        # what it cannot read is taken for a file download.
+        return Verdict(Code.OK, "success", BINARY_BODY)
     if runtime.signer is not None and 200 <= status < 300:
         try:
             runtime.signer.verify_response(status, headers, decoded)
