@@ -114,3 +114,19 @@ def fake() -> Iterator[object]:
     provider = FakeProvider()
     yield provider
     provider.close()
+
+
+@pytest.fixture
+def gateways() -> Iterator[list[object]]:
+    """Gateways a test starts: all stopped at its end, with what each saw printed (shown on failure)."""
+    started: list = []
+    yield started
+    for gw in started:
+        gw.stop()
+        # Captured by pytest and shown only when the test failed: what each instance saw.
+        print(f"--- gateway on port {gw.port}: calls not answered with code 0")
+        for line in gw.log_lines():
+            if line.get("code") != 0:
+                print(line)
+        print(f"--- gateway on port {gw.port}: output")
+        print("\n".join(line for line in gw.output().splitlines() if "client " not in line)[-4000:])

@@ -10,7 +10,6 @@ import socket
 import subprocess
 import sys
 import textwrap
-import time
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -140,6 +139,3 @@ def wait_port_closed(port: int, timeout: float = 10) -> None:
 
     wait_until(closed, timeout, what=f"port {port} to close")
 
-
-def now() -> float:
-    return time.time()

@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import pytest
 import requests
 
 from tests.fakes import FakeProvider, Reply, Seen
@@ -117,21 +115,6 @@ def assert_no_token_written(gw: Gateway, tokens: list[str]) -> None:
     for secret in [*tokens, WECHAT_SECRET]:
         assert secret not in log_text, "a token or secret is in the access log"
         assert secret not in output, "a token or secret is in the mitmdump output"
-
-
-@pytest.fixture
-def gateways() -> Iterator[list[Gateway]]:
-    started: list[Gateway] = []
-    yield started
-    for gw in started:
-        gw.stop()
-        # Captured by pytest and shown only when the test failed: what each instance saw.
-        print(f"--- gateway on port {gw.port}: calls not answered with code 0")
-        for line in gw.log_lines():
-            if line.get("code") != 0:
-                print(line)
-        print(f"--- gateway on port {gw.port}: output")
-        print("\n".join(line for line in gw.output().splitlines() if "client " not in line)[-4000:])
 
 
 def test_two_instances_on_one_redis_make_one_token_fetch(tmp_path: Path, confdir: Path, fake: FakeProvider,

@@ -11,7 +11,6 @@ import re
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -80,15 +79,6 @@ def clear_of_window_edge(window: int, margin: float) -> None:
     """Counting assertions need every call in one window: start at least `margin` s before it ends."""
     wait_until(lambda: window - time.time() % window > margin, timeout=margin + 2, interval=0.01,
                what=f"{margin}s clear of the {window}s window's end")
-
-
-@pytest.fixture
-def gateways() -> Iterator[list[Gateway]]:
-    """Gateways started by a test, all stopped at its end whatever happens."""
-    started: list[Gateway] = []
-    yield started
-    for gw in started:
-        gw.stop()
 
 
 def start(gateways: list[Gateway], rules: Path, confdir: Path, redis: str = "") -> Gateway:

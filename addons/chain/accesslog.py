@@ -10,7 +10,6 @@ from mitmproxy import ctx, http
 from addons.accesslog import AccessLog, log_record
 from addons.chain.context import GatewayContext
 from addons.errors import Code
-from addons.redact import Redactor
 
 log = logging.getLogger("gateway")
 
@@ -30,7 +29,6 @@ class AccessLogger:
     def __init__(self, gw: GatewayContext) -> None:
         self.gw = gw
         gw.finish = self._finish  # for calls that end without a response hook (a refused CONNECT)
-        self._fallback_redactor = Redactor([])
 
     def load(self, loader) -> None:  # type: ignore[no-untyped-def]
         loader.add_option("gateway_log", str, "", "File for the access log (JSON lines); empty: stdout.")
@@ -86,8 +84,7 @@ class AccessLogger:
             code = call.code if call.code is not None else Code.OK
             self.gw.metrics.observe_call(call.service, call.method, call.app, code,
                                          time.perf_counter() - call.started)
-            redactor = self.gw.compiled.redactor if self.gw.compiled else self._fallback_redactor
             if self.gw.access_log is not None:
-                self.gw.access_log.write(log_record(call, redactor))
+                self.gw.access_log.write(log_record(call, self.gw.redactor))
         except Exception as exc:  # logging must never break the answer already given
             log.error("gateway: access log failed for %s: %s", call.request_id, type(exc).__name__)

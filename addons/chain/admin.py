@@ -119,7 +119,6 @@ class Admin:
         self._runner: web.AppRunner | None = None
         self._task: asyncio.Task[None] | None = None
         self._running = False
-        self.fallback_redactor = Redactor()
 
     def load(self, loader) -> None:  # type: ignore[no-untyped-def]
         loader.add_option("gateway_admin", str, "127.0.0.1:9091",
@@ -260,7 +259,7 @@ class Admin:
     def status_document(self) -> dict[str, Any]:
         gw = self.gw
         compiled = gw.compiled
-        redactor = compiled.redactor if compiled is not None else self.fallback_redactor
+        redactor = self.gw.redactor
         rules = compiled.rules if compiled is not None else None
         ready, reason = self.readiness()
         services: dict[str, Any] = {}

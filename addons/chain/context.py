@@ -19,6 +19,7 @@ from addons.call import Call, request_id_from
 from addons.envelope import render
 from addons.errors import Code, GatewayError, http_status
 from addons.metrics import Metrics
+from addons.redact import Redactor
 
 if TYPE_CHECKING:
     from addons.accesslog import AccessLog
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("gateway")
 
+_DEFAULT_REDACTOR = Redactor()
 JSON = "application/json; charset=utf-8"
 JSON_BYTES = JSON.encode()
 
@@ -50,6 +52,11 @@ class GatewayContext:
         self.on_rules_changed: list[Callable[[Compiled], None]] = []
         # Writes a call's log line and metrics; set by the AccessLogger addon.
         self.finish: Callable[[http.HTTPFlow], None] = lambda flow: None
+
+    @property
+    def redactor(self) -> Redactor:
+        """The rule set's redactor; before any rules load, one with the built-in rules only."""
+        return self.compiled.redactor if self.compiled is not None else _DEFAULT_REDACTOR
 
     def http(self) -> aiohttp.ClientSession:
         if self.session is None or self.session.closed:

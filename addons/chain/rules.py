@@ -10,7 +10,7 @@ from mitmproxy import ctx, exceptions
 
 from addons.chain.context import GatewayContext
 from addons.rules.loader import Problem, RuleSet, load_directory
-from addons.runtime import Compiled, ServiceRuntime, compile_rules
+from addons.runtime import ServiceRuntime, compile_rules
 from addons.upstream.health import HealthRegistry, ServiceHealth, TargetHealth
 
 log = logging.getLogger("gateway")
@@ -119,7 +119,3 @@ class Rules:
             task = loop.create_task(runtime.close())
             self._closing.add(task)
             task.add_done_callback(self._closing.discard)
-
-    @property
-    def compiled(self) -> Compiled | None:
-        return self.gw.compiled

@@ -42,7 +42,6 @@ MAX_SCRUBBED_BODY = 1024 * 1024  # larger request bodies are dropped from the st
 class WebView:
     def __init__(self, gw: GatewayContext) -> None:
         self.gw = gw
-        self.fallback_redactor = Redactor()
         # The flows this addon finished, oldest first: the eviction order for mitmweb's store.
         self._finished: collections.deque[http.HTTPFlow] = collections.deque()
         self._storing = True  # until running() knows better: cleaning too much is the safe side
@@ -82,7 +81,7 @@ class WebView:
         if not self._storing:
             return
         try:
-            redactor = self.gw.compiled.redactor if self.gw.compiled is not None else self.fallback_redactor
+            redactor = self.gw.redactor
             call = self.gw.calls.get(flow)
             if call is not None:
                 code = call.code if call.code is not None else 0
