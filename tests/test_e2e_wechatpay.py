@@ -318,7 +318,9 @@ def test_every_attempt_is_signed_afresh(gw: Gateway, wxpay: FakeWechatPay) -> No
 def test_no_key_in_the_log_or_the_output(gw: Gateway, keys: Keys, monkeypatch: pytest.MonkeyPatch) -> None:
     sdk(keys, gw, monkeypatch).query(out_trade_no="T-1001")
     ops_post(gw, "/v3/pay/transactions/native", {"out_trade_no": "TAMPERED"})
-    text = gw.output() + json.dumps(gw.log_lines())
+    pages = [requests.get(gw.admin + page, timeout=10) for page in ("/status", "/metrics")]
+    assert all(page.status_code == 200 for page in pages) and "wechatpay" in pages[0].text
+    text = gw.output() + json.dumps(gw.log_lines()) + "".join(page.text for page in pages)
     for line in pem_lines(keys.merchant_pem) + pem_lines(keys.placeholder_pem):
         assert line not in text
     assert "signature=" not in text
