@@ -41,9 +41,9 @@ def _public_pem(key: rsa.RSAPrivateKey) -> str:
                                          serialization.PublicFormat.SubjectPublicKeyInfo).decode()
 
 
-def _certificate(key: rsa.RSAPrivateKey, serial: int) -> str:
+def _certificate(key: rsa.RSAPrivateKey, serial: int, start: datetime | None = None) -> str:
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Tenpay.com Root CA")])
-    start = datetime.now(UTC) - timedelta(days=1)
+    start = start or datetime.fromtimestamp(NOW, UTC) - timedelta(days=1)
     cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
             .serial_number(serial).not_valid_before(start).not_valid_after(start + timedelta(days=30))
             .sign(key, hashes.SHA256()))
@@ -199,7 +199,9 @@ def test_missing_headers_unknown_serial_and_stale_timestamps_are_1004(keys: Simp
 
 
 def test_platform_certificates_are_picked_by_serial(keys: SimpleNamespace) -> None:
-    certs = [_certificate(keys.other, 0x1A2B), _certificate(keys.platform, 0x5157F09EFDC096DE)]
+    expired = datetime.fromtimestamp(NOW, UTC) - timedelta(days=31)
+    certs = [_certificate(keys.other, 0x1A2B), _certificate(keys.platform, 0x5157F09EFDC096DE),
+             _certificate(keys.platform, 0x0BAD, start=expired)]
     signer = WechatPayV3Signer(_credentials(keys, platform_public_key=None, platform_public_key_id=None,
                                             platform_certificates=certs), clock=lambda: NOW)
     signer.verify_response(200, _signed_headers(keys.platform, ANSWER, NOW, serial="5157F09EFDC096DE"), ANSWER)
@@ -208,6 +210,8 @@ def test_platform_certificates_are_picked_by_serial(keys: SimpleNamespace) -> No
     # The right serial with the wrong key's signature, and a serial no certificate has.
     _refusal(signer, _signed_headers(keys.other, ANSWER, NOW, serial="5157F09EFDC096DE"), ANSWER)
     _refusal(signer, _signed_headers(keys.platform, ANSWER, NOW, serial="FFFF"), ANSWER)
+    # The same key, but under a certificate that expired: refused, as WeChat Pay's SDKs do.
+    assert "expired" in _refusal(signer, _signed_headers(keys.platform, ANSWER, NOW, serial="0BAD"), ANSWER).detail
 
 
 # ------------------------------------------------------------------------------------------ envelope

@@ -88,12 +88,14 @@ class WechatPayV3Signer:
         self._public_key_id = spec.platform_public_key_id
         self._public_key = platform_public_key(spec.platform_public_key) if spec.platform_public_key else None
         # Certificates by serial number as an integer: "0A1B" and "a1b" name the same certificate.
-        self._certificates: dict[int, rsa.RSAPublicKey] = {}
+        # Each with its validity: as WeChat Pay's SDKs do, an expired certificate vouches for nothing.
+        self._certificates: dict[int, tuple[rsa.RSAPublicKey, float, float]] = {}
         for text in spec.platform_certificates:
             cert = platform_certificate(text)
             key = cert.public_key()
             assert isinstance(key, rsa.RSAPublicKey)  # checked by the schema
-            self._certificates[int(certificate_serial(cert), 16)] = key
+            self._certificates[int(certificate_serial(cert), 16)] = (
+                key, cert.not_valid_before_utc.timestamp(), cert.not_valid_after_utc.timestamp())
         self._padding = padding.PKCS1v15()
         self._hash = hashes.SHA256()
 
@@ -122,9 +124,7 @@ class WechatPayV3Signer:
             raise self._bad("answer carries no Wechatpay-Signature, -Timestamp, -Nonce or -Serial", body)
         if kind is not None and kind != SCHEME:
             raise self._bad(f"Wechatpay-Signature-Type {kind[:40]!r} is not {SCHEME}", body)
-        key = self._key(serial)
-        if key is None:
-            raise self._bad(f"Wechatpay-Serial {serial[:80]!r} names no configured platform key", body)
+        key = self._key(serial, body)
         if not timestamp.isdigit() or abs(self._clock() - int(timestamp)) > MAX_AGE:
             raise self._bad(f"Wechatpay-Timestamp {timestamp[:20]!r} is more than {MAX_AGE}s off", body)
         try:
@@ -136,13 +136,19 @@ class WechatPayV3Signer:
         except InvalidSignature:
             raise self._bad("Wechatpay-Signature does not match the answer", body) from None
 
-    def _key(self, serial: str) -> rsa.RSAPublicKey | None:
+    def _key(self, serial: str, body: bytes) -> rsa.RSAPublicKey:
         if self._public_key is not None and serial == self._public_key_id:
             return self._public_key
         try:
-            return self._certificates.get(int(serial, 16))
+            found = self._certificates.get(int(serial, 16))
         except ValueError:
-            return None
+            found = None
+        if found is None:
+            raise self._bad(f"Wechatpay-Serial {serial[:80]!r} names no configured platform key", body)
+        key, not_before, not_after = found
+        if not not_before <= self._clock() <= not_after:
+            raise self._bad(f"platform certificate {serial[:80]!r} is expired or not yet valid", body)
+        return key
 
     def _bad(self, reason: str, body: bytes) -> GatewayError:
         # The refused answer goes to the log (the access log redacts it), never to the caller.
