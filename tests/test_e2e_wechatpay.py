@@ -188,6 +188,9 @@ def gw(tmp_path_factory: pytest.TempPathFactory, confdir: Path, wxpay: FakeWecha
               platform_public_key_id: "${{WXPAY_PUBKEY_ID}}"
             envelope: wechatpay_v3
             retry: {{attempts: 2, backoff: 50ms, max_backoff: 200ms, deadline: 10s, on: [503], methods: [GET]}}
+            methods:
+              query: {{method: GET, path: "/v3/pay/transactions/out-trade-no/{{out_trade_no}}"}}
+              native: {{method: POST, path: /v3/pay/transactions/native}}
         """,
         "apps.yaml": f"""
             apps:
@@ -265,6 +268,21 @@ def test_unified_caller_gets_the_envelope(gw: Gateway, wxpay: FakeWechatPay) -> 
     closed = requests.post(HOST + "/v3/pay/transactions/out-trade-no/T-1001/close", json={"mchid": MCHID},
                            proxies=gw.proxies(OPS, OPS_SECRET), verify=gw.ca, timeout=15)
     assert closed.status_code == 200 and closed.json()["code"] == 0 and closed.json()["data"] is None
+
+
+def test_explicit_form_calls_are_signed_over_what_is_sent(gw: Gateway, wxpay: FakeWechatPay) -> None:
+    proxies = gw.proxies(OPS, OPS_SECRET)
+    r = requests.get(f"http://gateway.local/wechatpay/query?out_trade_no=T-1001&mchid={MCHID}", proxies=proxies,
+                     timeout=15)
+    assert r.status_code == 200 and r.json()["data"]["out_trade_no"] == "T-1001", r.text
+    seen = wxpay.http.hits("/v3/pay/transactions/out-trade-no/T-1001")[-1]
+    assert seen.path == f"/v3/pay/transactions/out-trade-no/T-1001?mchid={MCHID}"  # what the fake verified
+    body = '{"out_trade_no": "T-3001", "description": "咖啡 x2"}'.encode()
+    r = requests.post("http://gateway.local/wechatpay/native", data=body, proxies=proxies, timeout=15,
+                      headers={"Content-Type": "application/json"})
+    assert r.status_code == 200 and r.json()["data"]["out_trade_no"] == "T-3001", r.text
+    assert wxpay.http.hits("/v3/pay/transactions/native")[-1].body == body
+    assert wxpay.refused == []
 
 
 @pytest.mark.parametrize("order", ["TAMPERED", "STALE", "UNSIGNED"])
