@@ -533,6 +533,10 @@ def make_adapter(spec: EnvelopeSpec | None, redactor: Redactor | None = None) ->
         return XmlAdapter()
     if kind == "raw":
         return RawAdapter()
+    if kind == "wechatpay_v3":
+        from addons.envelope_wechatpay_v3 import WechatPayV3Adapter  # it builds on this module
+
+        return WechatPayV3Adapter()
     raise ValueError(f"unknown envelope {kind!r}")
 
 

@@ -24,7 +24,7 @@ from addons.redact import Redactor
 from addons.rules.loader import RuleSet
 from addons.rules.router import Route, Router
 from addons.rules.schema import ServiceSpec
-from addons.signing import Signer, make_signer
+from addons.signing import Signer, credential_signer, make_signer
 from addons.state.base import QuotaCheck
 from addons.upstream.health import ServiceHealth
 from addons.upstream.retry import RetryPolicy
@@ -85,7 +85,8 @@ class ServiceRuntime:
         # The redactor cleans provider sentences quoted to callers (Alipay sub_msg, a json message_field).
         self.adapter: Adapter = make_adapter(spec.envelope, redactor)
         self.raw = envelope_kind(spec) == "raw"
-        self.signer: Signer | None = make_signer(spec.signing, spec.service) if spec.signing else None
+        self.signer: Signer | None = (make_signer(spec.signing, spec.service) if spec.signing
+                                      else credential_signer(spec.credentials, spec.service))
         self.credential: Credential = make_credential(spec.credentials, credential_context)
         self.retry = RetryPolicy.from_spec(spec.retry, spec.upstream.timeout)
         self.method_retry = {

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from addons.credentials.schema import CredentialsSpec, NoCredentials, StaticCredentials
+from addons.credentials.schema import CredentialsSpec, NoCredentials, StaticCredentials, WechatPayV3Credentials
 from addons.outbound import OutboundRequest
 
 
@@ -66,9 +66,22 @@ class StaticCredential(NoCredential):
         return [self.spec.value.get_secret_value()]
 
 
+class SignatureCredential(NoCredential):
+    """Credentials that are a request signature (wechatpay_v3): the service's signer applies them,
+    last, on every attempt (see `addons.signing.credential_signer`); this only names the secrets."""
+
+    def __init__(self, secrets: list[str]) -> None:
+        self._secrets = secrets
+
+    def secrets(self) -> list[str]:
+        return list(self._secrets)
+
+
 def make_credential(spec: CredentialsSpec, context: CredentialContext) -> Credential:
     if isinstance(spec, NoCredentials):
         return NoCredential()
+    if isinstance(spec, WechatPayV3Credentials):
+        return SignatureCredential([spec.private_key.get_secret_value()])
     if isinstance(spec, StaticCredentials):
         return StaticCredential(spec)
     from addons.credentials.tokens import make_token_credential

@@ -8,6 +8,7 @@ from urllib.parse import urlsplit
 from pydantic import AfterValidator, Field, model_validator
 
 from addons.rules.fields import Duration, Model, Secret
+from addons.signing.wechatpay_v3.schema import WechatPayV3Credentials
 
 
 def _check_token_url(value: str) -> str:
@@ -65,6 +66,6 @@ class OAuth2ClientCredentials(Model):
 
 
 CredentialsSpec = Annotated[
-    NoCredentials | StaticCredentials | WechatTokenCredentials | OAuth2ClientCredentials,
+    NoCredentials | StaticCredentials | WechatTokenCredentials | OAuth2ClientCredentials | WechatPayV3Credentials,
     Field(discriminator="type"),
 ]

@@ -113,10 +113,10 @@ class JsonEnvelope(Model):
 
 
 class NamedEnvelope(Model):
-    type: Literal["wechat", "alipay", "xml", "raw"]
+    type: Literal["wechat", "alipay", "xml", "raw", "wechatpay_v3"]
 
 
-EnvelopeKind = Literal["wechat", "alipay", "json", "xml", "raw"]
+EnvelopeKind = Literal["wechat", "alipay", "json", "xml", "raw", "wechatpay_v3"]
 EnvelopeSpec = EnvelopeKind | Annotated[JsonEnvelope | NamedEnvelope, Field(discriminator="type")]
 
 
@@ -156,6 +156,12 @@ class ServiceSpec(Model):
     @classmethod
     def _lower_hosts(cls, value: list[str]) -> list[str]:
         return [h.strip().lower().rstrip(".") for h in value]
+
+    @model_validator(mode="after")
+    def _one_signature(self) -> ServiceSpec:
+        if self.signing is not None and self.credentials.type == "wechatpay_v3":
+            raise ValueError("credentials of type wechatpay_v3 sign every request themselves; remove 'signing:'")
+        return self
 
     @model_validator(mode="after")
     def _default_hosts(self) -> ServiceSpec:

@@ -22,6 +22,7 @@ from addons.signing.schema import (
     TencentTc3Signing,
 )
 from addons.signing.tencent_tc3 import TencentTc3Signer
+from addons.signing.wechatpay_v3 import WechatPayV3Credentials, WechatPayV3Signer
 
 
 @runtime_checkable
@@ -53,6 +54,13 @@ def make_signer(spec: SigningSpec, name: str | None = None) -> Signer:
     raise TypeError(f"no signer for {type(spec).__name__}")
 
 
+def credential_signer(credentials: object, name: str | None = None) -> Signer | None:
+    """The signer of credentials that are a request signature (wechatpay_v3), else None."""
+    if isinstance(credentials, WechatPayV3Credentials):
+        return WechatPayV3Signer(credentials, name or "wechatpay")
+    return None
+
+
 __all__ = [
     "AlipayRsa2Signer",
     "AwsSigV4Signer",
@@ -60,5 +68,7 @@ __all__ = [
     "Signer",
     "SigningSpec",
     "TencentTc3Signer",
+    "WechatPayV3Signer",
+    "credential_signer",
     "make_signer",
 ]
