@@ -574,6 +574,10 @@ def test_boto3_s3_and_dynamodb_with_placeholder_keys(gw: Gateway, providers: Pro
     hits = aws.http.hits()[before:]
     assert [(s.method, s.route) for s in hits] == [("PUT", "/hello.txt"), ("GET", "/hello.txt"), ("POST", "/")]
     assert all(f"Credential={AWS_KEY_ID}/" in s.headers["authorization"] for s in hits)
+    # The wildcard host keeps the bucket the caller named, and the fake checked the signature over it;
+    # the connection went to the rule's upstream all the same.
+    assert [s.headers["host"] for s in hits[:2]] == [f"{BUCKET}.s3.amazonaws.com"] * 2
+    assert hits[2].headers["host"] == f"127.0.0.1:{aws.http.port}"
     assert hits[0].headers["x-amz-content-sha256"] == "STREAMING-UNSIGNED-PAYLOAD-TRAILER"  # boto3's own choice
     assert_never_reached(hits, PH_AWS_KEY_ID, PH_AWS_SECRET, AWS_SECRET)
     assert all("proxy-authorization" not in s.headers for s in hits)
