@@ -7,7 +7,6 @@ import hmac
 import http.client
 import json
 import os
-import socket
 import time
 import uuid
 from dataclasses import dataclass
@@ -151,7 +150,7 @@ def gateway_call(service: str, method: str, params: dict[str, Any] | None = None
             chunks.append(chunk)
         answer_headers = {k.lower(): v for k, v in response.getheaders()}
         return _result(response.status, answer_headers, b"".join(chunks))
-    except (TimeoutError, socket.timeout):
+    except TimeoutError:
         raise GatewayFault(UNREACHABLE, f"no answer from the gateway within {settings.timeout:g}s", "gateway",
                            request_id) from None
     except (OSError, http.client.HTTPException) as exc:
