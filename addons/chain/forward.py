@@ -90,16 +90,16 @@ class Forward:
                 call.raw or result.data is BINARY_BODY):
             # A successful binary answer (WeChat's QR codes, media downloads) cannot live in a JSON
             # envelope: it goes to the caller as it came, with X-Request-ID set.
-            self._raw(flow, call, result)
+            self._raw(flow, call, result, method)
         else:
             answer(flow, call, result.code, result.message, result.data)
 
-    def _raw(self, flow: http.HTTPFlow, call: Call, result: Result) -> None:
+    def _raw(self, flow: http.HTTPFlow, call: Call, result: Result, method: str) -> None:
         """The provider's answer as it came (vendor SDKs parse it themselves); bytes stay encoded."""
         headers = http.Headers([(k.encode("latin-1"), v.encode("latin-1")) for k, v in result.headers.items()
                                 if k.lower() not in HOP_BY_HOP])
         length = result.headers.get("content-length", "")
-        if not (flow.request.method == "HEAD" and not result.raw_body and length.isdigit()):
+        if not (method == "HEAD" and not result.raw_body and length.isdigit()):
             # A HEAD answer has no body but keeps the provider's length (boto3's head_object reads it).
             length = str(len(result.raw_body))
         headers["Content-Length"] = length
