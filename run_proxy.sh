@@ -6,6 +6,7 @@
 #   GATEWAY_REDIS   redis:// URL for shared state     (default: in-memory state)
 #   GATEWAY_ADMIN   admin listener host:port, or off  (default 127.0.0.1:9091)
 #   GATEWAY_LOG     access-log file                   (default: stdout)
+#   GATEWAY_CONFDIR mitmproxy confdir: the CA         (default ./certs)
 #   GATEWAY_RULES_URL  URL polled for remote rules    (default: none)
 #   GATEWAY_UI=web  run mitmweb instead of mitmdump
 #   GATEWAY_WORKERS=N  N mitmdump processes behind haproxy on the listen address
@@ -40,7 +41,7 @@ common=(-s "$GW_ROOT/addons/gateway.py")
 add_default() {  # add_default NAME VALUE
     user_sets "$1" || common+=(--set "$1=$2")
 }
-add_default confdir "$GW_ROOT/certs"
+add_default confdir "${GATEWAY_CONFDIR:-$GW_ROOT/certs}"
 add_default connection_strategy lazy
 add_default gateway_rules "${GATEWAY_RULES:-$GW_ROOT/rules}"
 add_default gateway_redis "${GATEWAY_REDIS:-}"

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from pathlib import Path
 
 from addons.rules.loader import load_directory
 
@@ -24,14 +26,28 @@ def check(directory: str) -> int:
     return 0
 
 
+def default_rules() -> str:
+    """GATEWAY_RULES, else ./rules, else the project's own rules/ (so it works from any directory)."""
+    if os.environ.get("GATEWAY_RULES"):
+        return os.environ["GATEWAY_RULES"]
+    if Path("rules").is_dir():
+        return "rules"
+    return str(Path(__file__).resolve().parent.parent / "rules")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m addons", description="Egress gateway tools.")
     sub = parser.add_subparsers(dest="command", required=True)
     check_parser = sub.add_parser("check", help="validate a rules directory; exit 1 on any problem")
-    check_parser.add_argument("directory", nargs="?", default="rules")
+    check_parser.add_argument("directory", nargs="?", default=None,
+                              help="rules directory (default: $GATEWAY_RULES, ./rules, the project's rules/)")
     args = parser.parse_args(argv)
     if args.command == "check":
-        return check(args.directory)
+        directory = args.directory or default_rules()
+        if not Path(directory).is_dir():
+            print(f"{directory}: no such rules directory", file=sys.stderr)
+            return 1
+        return check(directory)
     return 2
 
 

@@ -19,6 +19,9 @@ class OutboundRequest:
     query: list[tuple[str, str]] = field(default_factory=list)  # decoded pairs, in order
     headers: CIMultiDict[str] = field(default_factory=CIMultiDict)
     body: bytes = b""
+    # The Host the provider sees when it is not the target's own: a wildcard host's subdomain
+    # (bucket.s3.amazonaws.com) is part of the call, while the connection goes to the rule's target.
+    named_host: str = ""
 
     @property
     def default_port(self) -> bool:
@@ -26,7 +29,12 @@ class OutboundRequest:
 
     @property
     def authority(self) -> str:
-        """host[:port] as it belongs in the Host header."""
+        """host[:port] as it belongs in the Host header (and in signatures over the host)."""
+        return self.named_host or self.connect_authority
+
+    @property
+    def connect_authority(self) -> str:
+        """host[:port] the connection goes to."""
         return self.host if self.default_port else f"{self.host}:{self.port}"
 
     @property
@@ -41,7 +49,7 @@ class OutboundRequest:
 
     @property
     def url(self) -> str:
-        return f"{self.scheme}://{self.authority}{self.path_and_query}"
+        return f"{self.scheme}://{self.connect_authority}{self.path_and_query}"
 
     def set_query(self, name: str, value: str) -> None:
         """Replace every value of `name` with one (the caller's own value is never merged)."""
@@ -57,5 +65,5 @@ class OutboundRequest:
     def copy(self) -> OutboundRequest:
         return OutboundRequest(
             self.method, self.scheme, self.host, self.port, self.path,
-            list(self.query), CIMultiDict(self.headers), self.body,
+            list(self.query), CIMultiDict(self.headers), self.body, self.named_host,
         )

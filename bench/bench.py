@@ -71,7 +71,8 @@ from typing import Any, NoReturn
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-CA_CERT = ROOT / "certs" / "mitmproxy-ca-cert.pem"
+CONFDIR = Path(os.environ.get("GATEWAY_CONFDIR") or ROOT / "certs")  # tests pass a scratch CA directory
+CA_CERT = CONFDIR / "mitmproxy-ca-cert.pem"
 BENCH_HOST = "bench.upstream.test"
 BENCH_PATH = "/bench"
 APP = "bench"
@@ -301,7 +302,7 @@ class Stack:
 
     def _mitm_common(self) -> list[str]:
         # The options run_proxy.sh gives the gateway, less the chain itself.
-        return ["--set", f"confdir={ROOT / 'certs'}", "--set", "connection_strategy=lazy",
+        return ["--set", f"confdir={CONFDIR}", "--set", "connection_strategy=lazy",
                 "--set", "stream_large_bodies=1m", "--set", "flow_detail=0",
                 "--set", "termlog_verbosity=warn"]
 

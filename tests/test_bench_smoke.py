@@ -35,7 +35,8 @@ def test_bench_direct_and_bare_rows(tmp_path: Path) -> None:
         pytest.skip(f"no mitmdump beside {sys.executable}")
     results = tmp_path / "results.json"
     # TMPDIR: run.sh's scratch directory lands in tmp_path, so leftovers can be looked for.
-    env = dict(os.environ, BENCH_PYTHON=sys.executable, TMPDIR=str(tmp_path))
+    # GATEWAY_CONFDIR: the CA goes to a scratch directory, never into the repository's certs/.
+    env = dict(os.environ, BENCH_PYTHON=sys.executable, TMPDIR=str(tmp_path), GATEWAY_CONFDIR=str(tmp_path / "ca"))
     proc = subprocess.run(
         [str(ROOT / "bench" / "run.sh"), "--duration", "2", "--rounds", "2", "--warmup", "1",
          "--first-warmup", "1", "--rows", "direct,bare", "--json", str(results)],

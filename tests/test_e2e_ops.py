@@ -502,15 +502,45 @@ def test_remote_rules_with_304_broken_document_and_fetch_errors(tmp_path: Path, 
         assert secret not in gw.log_path.read_text()
 
 
-def test_unreachable_feed_at_start_serves_local_rules_and_becomes_ready(
+def test_unreachable_feed_at_start_without_a_saved_copy_serves_local_rules_but_is_not_ready(
         tmp_path: Path, confdir: Path, hello: FakeProvider) -> None:
     args = ["--set", f"gateway_rules_url=http://127.0.0.1:{free_port()}/rules", "--set", "gateway_rules_poll=1"]
-    with Gateway(base_rules(tmp_path, hello), confdir, env={"DEMO_KEY": INJECTED}, args=args) as gw:
-        wait_until(lambda: ready(gw), 10, what="/readyz 200 once the first fetch has failed")
+    gw = Gateway(base_rules(tmp_path, hello), confdir, env={"DEMO_KEY": INJECTED}, args=args)
+    gw.start(expect_ready=False)
+    try:
+        wait_until(lambda: (status(gw)["rules"]["remote"] or {}).get("failures", 0) >= 2, 30,
+                   what="two failed fetches")
+        code, body = get_json(gw.admin + "/readyz")
+        assert code == 503 and body["remote_rules"] == "none" and "no saved copy" in body["reason"]
         remote = status(gw)["rules"]["remote"]
-        assert remote["last_error"] and remote["documents"] == [] and remote["ok"] is False
-        assert code_of(gw, "http://api.demo.test/hello") == 0
+        assert remote["last_error"] and remote["documents"] == [] and remote["in_force"] == "none"
+        assert code_of(gw, "http://api.demo.test/hello") == 0  # the local rules serve meanwhile
         assert gw.proc is not None and gw.proc.poll() is None
+    finally:
+        gw.stop()
+
+
+def test_restart_during_a_feed_outage_serves_the_saved_feed(tmp_path: Path, confdir: Path, hello: FakeProvider,
+                                                            feed: Feed) -> None:
+    feed.body = textwrap.dedent(service_file("remote1", hello))
+    rules = base_rules(tmp_path, hello)
+    args = ["--set", f"gateway_rules_url=http://127.0.0.1:{feed.port}/rules", "--set", "gateway_rules_poll=1"]
+    with Gateway(rules, confdir, env={"DEMO_KEY": INJECTED}, args=args) as gw:
+        wait_until(lambda: code_of(gw, "http://api.remote1.test/ping") == 0, 10, what="remote1 in force")
+        wait_until(lambda: status(gw)["rules"]["remote"]["cache"]["saved_at"], 5, what="the feed saved")
+        assert get_json(gw.admin + "/readyz")[1]["remote_rules"] == "feed"
+    saved = tmp_path / "rules.remote-cache"  # beside the rules directory, not in it
+    assert saved.exists() and (saved.stat().st_mode & 0o777) == 0o600
+    feed.status = 503  # the feed is down while the gateway restarts
+    with Gateway(rules, confdir, env={"DEMO_KEY": INJECTED}, args=args) as gw:
+        code, body = get_json(gw.admin + "/readyz")
+        assert code == 200 and body["remote_rules"] == "cache"
+        assert code_of(gw, "http://api.remote1.test/ping") == 0  # what the fleet served
+        wait_until(lambda: (status(gw)["rules"]["remote"]["last_error"] or "").startswith("HTTP 503"), 10,
+                   what="the outage in /status")
+        assert status(gw)["rules"]["remote"]["in_force"] == "cache"
+        feed.status = None  # back: the feed's own copy (the same documents) is in force again
+        wait_until(lambda: status(gw)["rules"]["remote"]["in_force"] == "feed", 10, what="the feed in force")
 
 
 # -- stored flows ------------------------------------------------------------------------------------

@@ -574,6 +574,10 @@ def test_boto3_s3_and_dynamodb_with_placeholder_keys(gw: Gateway, providers: Pro
     hits = aws.http.hits()[before:]
     assert [(s.method, s.route) for s in hits] == [("PUT", "/hello.txt"), ("GET", "/hello.txt"), ("POST", "/")]
     assert all(f"Credential={AWS_KEY_ID}/" in s.headers["authorization"] for s in hits)
+    # The wildcard host keeps the bucket the caller named, and the fake checked the signature over it;
+    # the connection went to the rule's upstream all the same.
+    assert [s.headers["host"] for s in hits[:2]] == [f"{BUCKET}.s3.amazonaws.com"] * 2
+    assert hits[2].headers["host"] == f"127.0.0.1:{aws.http.port}"
     assert hits[0].headers["x-amz-content-sha256"] == "STREAMING-UNSIGNED-PAYLOAD-TRAILER"  # boto3's own choice
     assert_never_reached(hits, PH_AWS_KEY_ID, PH_AWS_SECRET, AWS_SECRET)
     assert all("proxy-authorization" not in s.headers for s in hits)
@@ -717,3 +721,28 @@ def test_no_key_in_the_access_log_or_the_output(gw: Gateway, providers: Provider
     assert not leaked(log, keys), leaked(log, keys)
     output = gw.output()
     assert not leaked(output, keys), leaked(output, keys)
+
+
+def test_tencent_cvm_client_with_placeholder_keys(gw: Gateway, providers: Providers) -> None:
+    """tencentcloud-sdk-python's own CvmClient (not only the CommonClient), as an app uses it."""
+    from tencentcloud.common.credential import Credential
+    from tencentcloud.common.profile.client_profile import ClientProfile
+    from tencentcloud.common.profile.http_profile import HttpProfile
+    from tencentcloud.cvm.v20170312 import cvm_client, models
+
+    fake = providers.tencent.http
+    before = len(fake.hits())
+    # The SDK hard-codes certifi's bundle: the gateway's CA is given with `certification`.
+    http = HttpProfile(endpoint="cvm.tencentcloudapi.com", reqTimeout=15, proxy=gw.proxy(APP, APP_SECRET),
+                       certification=gw.ca)
+    client = cvm_client.CvmClient(Credential(PH_TC_SECRET_ID, PH_TC_SECRET_KEY), TC_REGION,
+                                  ClientProfile(httpProfile=http))
+    request = models.DescribeInstancesRequest()
+    request.Limit = 3
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        answer = client.DescribeInstances(request)
+    assert answer.TotalCount == 3 and [i.InstanceId for i in answer.InstanceSet][:1] == ["ins-00000000"]
+    (seen,) = fake.hits()[before:]
+    assert seen.headers["authorization"].startswith(f"TC3-HMAC-SHA256 Credential={TC_SECRET_ID}/")
+    assert_never_reached([seen], PH_TC_SECRET_ID, PH_TC_SECRET_KEY, TC_SECRET_KEY)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -133,3 +134,17 @@ def test_router_literal_beats_template_and_http_method_matters(tmp_path: Path) -
     assert router.match("eu.s.test", "/items/9", "GET").method == "get_item"  # type: ignore[union-attr]
     assert router.match("s.test", "/items/9", "DELETE").method == "_"  # type: ignore[union-attr]
     assert router.match("other.test", "/", "GET") is None
+
+
+def test_check_works_from_any_directory(tmp_path: Path) -> None:
+    """The venv's python runs `-m addons check` from anywhere; without an argument it checks the
+    project's own rules/ (or $GATEWAY_RULES)."""
+    env = {k: v for k, v in os.environ.items() if k != "GATEWAY_RULES"}
+    env.pop("PYTHONPATH", None)
+    done = subprocess.run([sys.executable, "-m", "addons", "check"], capture_output=True, text=True, cwd=tmp_path,
+                          env=env, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"{ROOT / 'rules'}: ok:" in done.stdout
+    done = subprocess.run([sys.executable, "-m", "addons", "check", "no-such-dir"], capture_output=True, text=True,
+                          cwd=tmp_path, env=env, timeout=60)
+    assert done.returncode == 1 and "no such rules directory" in done.stderr

@@ -13,6 +13,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 import urllib.request
 import uuid
@@ -36,8 +37,13 @@ SECRET = "s3cret-order"
 # -- helpers ------------------------------------------------------------------------------------
 
 
+# The scripts' CA goes here, never into the repository's certs/ (an operator's CA must be their own).
+SCRIPT_CONFDIR = Path(tempfile.mkdtemp(prefix="gateway-test-ca-"))
+
+
 def script_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+    env["GATEWAY_CONFDIR"] = str(SCRIPT_CONFDIR)
     for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY", "all_proxy"):
         env.pop(name, None)
     env.update(extra)

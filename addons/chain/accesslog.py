@@ -9,6 +9,7 @@ from mitmproxy import ctx, http
 
 from addons.accesslog import AccessLog, log_record
 from addons.chain.context import GatewayContext
+from addons.chain.stdout import stdout_for_the_access_log
 from addons.errors import Code
 
 log = logging.getLogger("gateway")
@@ -37,6 +38,8 @@ class AccessLogger:
         if "gateway_log" in updated:
             old = self.gw.access_log
             self.gw.access_log = AccessLog(ctx.options.gateway_log or None)
+            if not ctx.options.gateway_log:
+                stdout_for_the_access_log(ctx.master)
             if old is not None:
                 old.close()
 

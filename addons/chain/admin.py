@@ -229,6 +229,9 @@ class Admin:
         degraded = self.degraded()
         if degraded:
             body["degraded"] = degraded
+        remote = self.watch.remote_status() if self.watch is not None else None
+        if remote is not None:
+            body["remote_rules"] = remote["in_force"]  # feed | cache (the saved copy) | none
         return _json(body, 200 if ready else 503)
 
     async def status(self, _request: web.Request) -> web.Response:
@@ -245,7 +248,7 @@ class Admin:
         if self.gw.compiled is None:
             return False, "no rules loaded"
         if self.watch is not None and not self.watch.remote_settled():
-            return False, "waiting for the first fetch of gateway_rules_url"
+            return False, "no remote rules yet: gateway_rules_url has not answered and no saved copy exists"
         return True, ""
 
     def degraded(self) -> list[str]:

@@ -11,6 +11,7 @@ from addons.call import Call
 from addons.chain.context import GatewayContext, answer, fail
 from addons.envelope import ProviderAnswer
 from addons.errors import Code, GatewayError
+from addons.explicit import json_object, reshape
 from addons.outbound import OutboundRequest
 from addons.upstream.forwarder import BINARY_BODY, HOP_BY_HOP, Result, forward
 
@@ -36,6 +37,19 @@ def outbound_from(flow: http.HTTPFlow, request_id: str, method: str, path: str,
                            body=request.raw_content or b"")
 
 
+def _explicit_params(flow: http.HTTPFlow, base: OutboundRequest, consumed: frozenset[str]) -> None:
+    """The explicit form: the method's HTTP method decides whether parameters go as query or body."""
+    fields = json_object(base.body, flow.request.headers.get("content-type", ""))
+    try:
+        base.query, body, replaced = reshape(base.method, base.query, base.body, fields, consumed)
+    except ValueError as exc:
+        raise GatewayError(Code.CALLER_INVALID, f"{flow.request.path.split('?', 1)[0]}: {exc}") from None
+    if replaced:
+        base.body = body
+        if not body:
+            base.headers.popall("Content-Type", None)
+
+
 class Forward:
     def __init__(self, gw: GatewayContext) -> None:
         self.gw = gw
@@ -58,6 +72,9 @@ class Forward:
                                 data=verdict.data)
             else:
                 base = outbound_from(flow, call.request_id, method, route.path, route.consumed)
+                base.named_host = route.named_host
+                if call.host == "gateway.local":
+                    _explicit_params(flow, base, route.consumed)
                 result = await forward(runtime, base, call.rule, method, self.gw.http(), self.gw.metrics)
         except GatewayError as error:
             fail(flow, call, error, call.rule)
@@ -73,15 +90,19 @@ class Forward:
                 call.raw or result.data is BINARY_BODY):
             # A successful binary answer (WeChat's QR codes, media downloads) cannot live in a JSON
             # envelope: it goes to the caller as it came, with X-Request-ID set.
-            self._raw(flow, call, result)
+            self._raw(flow, call, result, method)
         else:
             answer(flow, call, result.code, result.message, result.data)
 
-    def _raw(self, flow: http.HTTPFlow, call: Call, result: Result) -> None:
+    def _raw(self, flow: http.HTTPFlow, call: Call, result: Result, method: str) -> None:
         """The provider's answer as it came (vendor SDKs parse it themselves); bytes stay encoded."""
         headers = http.Headers([(k.encode("latin-1"), v.encode("latin-1")) for k, v in result.headers.items()
                                 if k.lower() not in HOP_BY_HOP])
-        headers["Content-Length"] = str(len(result.raw_body))
+        length = result.headers.get("content-length", "")
+        if not (method == "HEAD" and not result.raw_body and length.isdigit()):
+            # A HEAD answer has no body but keeps the provider's length (boto3's head_object reads it).
+            length = str(len(result.raw_body))
+        headers["Content-Length"] = length
         status = result.status or 502
         reason = status_codes.RESPONSES.get(status, "").encode()
         response = http.Response(b"HTTP/1.1", status, reason, headers, result.raw_body, None,

@@ -9,6 +9,7 @@ from mitmproxy import http
 from addons.chain.context import GatewayContext, fail, internal_error
 from addons.chain.websocket import is_upgrade
 from addons.errors import Code, GatewayError
+from addons.explicit import json_object, template_params
 from addons.rules.router import UNMATCHED
 
 log = logging.getLogger("gateway")
@@ -78,7 +79,8 @@ class Route:
                 parts = request.path.split("?", 1)[0].strip("/").split("/")
                 if len(parts) != 2 or not all(parts):
                     raise GatewayError(Code.CALLER_INVALID, f"call http://{EXPLICIT_HOST}/<service>/<method>")
-                route = compiled.router.explicit(parts[0], parts[1], dict(request.query))
+                fields = json_object(request.raw_content or b"", request.headers.get("content-type", ""))
+                route = compiled.router.explicit(parts[0], parts[1], template_params(dict(request.query), fields))
             else:
                 route = compiled.router.match(call.host, request.path, request.method)
             if route is None:

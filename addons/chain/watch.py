@@ -36,8 +36,12 @@ Remote rules (`gateway_rules_url`, env GATEWAY_RULES_URL), polled every `gateway
   not UTF-8 or larger than 16 MiB, or an empty body while documents are in force) keeps the
   documents in force. It is logged when the feed's state changes (ok -> failing, a different
   error, failing -> ok), not on every poll, and shown in /status.
-- At start the gateway serves the local rules at once; /readyz stays 503 until the first fetch has
-  completed (successfully or not), so a load balancer waits for the remote rules.
+- Each set of remote documents put in force is saved to `gateway_rules_cache` (default: beside the
+  rules directory, `<rules>.remote-cache`; `off`: none). At start the gateway serves the local rules
+  plus that saved copy at once; /readyz stays 503 until remote rules are in force (fetched, or the
+  saved copy), or the feed answered, so a restart during a feed outage serves what the fleet served
+  and a fresh instance with nothing saved waits for the feed. /readyz and /status say which
+  (`remote_rules`: feed | cache | none).
 - Changing `gateway_rules_url` at run time drops the old feed's documents (with a reload)."""
 
 from __future__ import annotations
@@ -60,6 +64,7 @@ import aiohttp
 from mitmproxy import command, ctx, exceptions
 from watchfiles import DefaultFilter, awatch
 
+from addons import rules_cache
 from addons.chain.admin import rfc3339
 from addons.chain.context import GatewayContext
 from addons.chain.rules import Rules
@@ -133,6 +138,10 @@ class RemoteFeed:
     not_modified: int = 0
     failures: int = 0
     redactor: Redactor = field(default_factory=Redactor)
+    in_force: str = "none"  # where the remote documents in force came from: feed | cache | none
+    cache_path: str = ""
+    cache_saved_at: float | None = None
+    cache_error: str | None = None
 
     def scrub(self, text: str) -> str:
         if self.url:
@@ -161,6 +170,9 @@ class Watch:
         loader.add_option("gateway_rules_url", str, "",
                           "URL polled for remote rule files (YAML documents separated by ---); empty: none.")
         loader.add_option("gateway_rules_poll", int, 10, "Seconds between polls of gateway_rules_url.")
+        loader.add_option("gateway_rules_cache", str, "",
+                          "File keeping the last good remote rules for a restart during a feed outage; "
+                          "empty: <gateway_rules>.remote-cache beside the rules directory; 'off': none.")
 
     def configure(self, updated: set[str]) -> None:
         if "gateway_rules_poll" in updated and ctx.options.gateway_rules_poll < 1:
@@ -176,6 +188,7 @@ class Watch:
         loop = asyncio.get_running_loop()
         self._start_watcher()
         if self.feed.url:
+            self._load_cache()
             self._start_poller()
         try:
             loop.add_signal_handler(signal.SIGHUP, self._sighup)
@@ -343,7 +356,44 @@ class Watch:
                 self._start_poller()
 
     def remote_settled(self) -> bool:
-        return self.feed.settled
+        feed = self.feed
+        return not feed.url or feed.in_force != "none" or feed.last_ok_at is not None
+
+    def _cache_path(self) -> str:
+        configured = ctx.options.gateway_rules_cache.strip()
+        if configured == "off":
+            return ""
+        return configured or rules_cache.default_path(ctx.options.gateway_rules)
+
+    def _load_cache(self) -> None:
+        """At start: the saved copy of this feed in force at once, until the feed answers."""
+        feed = self.feed
+        feed.cache_path = self._cache_path()
+        if not feed.cache_path:
+            return
+        text = rules_cache.load(feed.cache_path, feed.url, MAX_FEED_BYTES)
+        if text is None:
+            return
+        digest = hashlib.sha256(text.encode()).hexdigest()[:16]
+        documents = [(f"{feed.shown}#{i}", doc) for i, doc in enumerate(split_documents(text), 1)]
+        if self._try_remote(documents, digest, f"saved remote rules from {feed.cache_path}"):
+            feed.in_force = "cache"
+            log.info("gateway: remote rules from the saved copy %s in force (%d document(s)) until %s answers",
+                     feed.cache_path, len(documents), feed.shown)
+
+    async def _save_cache(self, feed: RemoteFeed, text: str) -> None:
+        if not feed.cache_path:
+            feed.cache_path = self._cache_path()
+        if not feed.cache_path:
+            return
+        try:
+            await asyncio.to_thread(rules_cache.save, feed.cache_path, feed.url, text)
+        except OSError as exc:
+            if feed.cache_error is None:
+                log.warning("gateway: could not save the remote rules to %s: %s", feed.cache_path, _describe(exc))
+            feed.cache_error = _describe(exc)
+            return
+        feed.cache_error, feed.cache_saved_at = None, time.time()
 
     def _start_poller(self) -> None:
         self._stop_poller()
@@ -417,11 +467,14 @@ class Watch:
         feed.etag, feed.last_modified = etag, last_modified
         self._ok(feed)
         if digest == feed.digest:
+            feed.in_force = "feed"  # the saved copy in force is what the feed serves now
             return  # the server ignores validators, or answered 200 with what is in force
         if digest == feed.rejected_digest and not forced:
             return  # already refused; logged then, shown in /status since
         if self._try_remote(documents, digest, f"remote rules from {feed.shown}"):
             log.info("gateway: remote rules from %s in force: %d document(s)", feed.shown, len(documents))
+            feed.in_force = "feed"
+            await self._save_cache(feed, text)
         else:
             log.warning("gateway: remote rules from %s refused (see the problems above); the rules in force "
                         "stay", feed.shown)
@@ -450,6 +503,9 @@ class Watch:
             "url": feed.shown,
             "poll_s": _poll_interval(),
             "ok": feed.last_error is None and feed.rejected is None,
+            "in_force": feed.in_force,
+            "cache": {"path": feed.cache_path or None, "saved_at": _ts(feed.cache_saved_at),
+                      "error": feed.cache_error},
             "documents": list(feed.documents),
             "etag": feed.etag,
             "last_modified": feed.last_modified,

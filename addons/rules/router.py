@@ -24,6 +24,7 @@ class Route:
     path: str  # path below the service's base path, as it goes upstream
     consumed: frozenset[str] = frozenset()  # query parameters that filled a path template
     disabled: DisabledService | None = None
+    named_host: str = ""  # the caller's host when a wildcard entry matched it: the provider sees it
 
     @property
     def name(self) -> str:
@@ -105,6 +106,10 @@ class Router:
                     return candidate
         return index
 
+    def wildcard_match(self, host: str) -> bool:
+        host = host.lower().rstrip(".")
+        return host not in self.hosts and any(host.endswith(suffix) for suffix, _ in self.wildcards)
+
     def match(self, host: str, path: str, http_method: str) -> Route | None:
         """Transparent call: None when no service owns the host."""
         index = self.owner(host)
@@ -114,10 +119,12 @@ class Router:
         if index.base_path and (path == index.base_path or path.startswith(index.base_path + "/")):
             path = path[len(index.base_path):] or "/"
         name, method_spec = index.find(path, http_method)
-        return Route(index.name, name, index.spec, method_spec, path, disabled=index.disabled)
+        named = host.lower().rstrip(".") if self.wildcards and self.wildcard_match(host) else ""
+        return Route(index.name, name, index.spec, method_spec, path, disabled=index.disabled, named_host=named)
 
     def explicit(self, service: str, method: str, query: dict[str, str]) -> Route:
-        """`http://gateway.local/<service>/<method>`: the method's path, templates filled from the query."""
+        """`http://gateway.local/<service>/<method>`: the method's path, templates filled from `query`
+        (the query parameters and, for a JSON object body, its top-level fields)."""
         index = self.services.get(service)
         if index is None:
             raise GatewayError(Code.CALLER_INVALID, f"no such service {service!r}")
