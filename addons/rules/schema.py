@@ -224,6 +224,10 @@ class GatewaySpec(Model):
     state_failure: Literal["open", "closed"] = "open"
     instances: int = Field(1, ge=1)
     redact: list[RedactRule] = []
+    # SPEC 18: a client connection with no call in flight is closed after client_idle; a request's
+    # headers must be complete within header_timeout (slowloris).
+    client_idle: Annotated[Duration, Field(gt=0)] = 60.0
+    header_timeout: Annotated[Duration, Field(gt=0)] = 10.0
 
 
 class AppsFile(Model):
