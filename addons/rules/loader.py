@@ -29,7 +29,8 @@ PathKey = tuple[str | int, ...]
 # stops an alias bomb ("billion laughs") and a recursive alias stops at MAX_DEPTH.
 MAX_RULE_FILE_BYTES = 1024 * 1024
 MAX_DEPTH = 64
-MAX_VALUES = 100_000
+MAX_VALUES = 300_000  # more than 1 MiB of YAML can hold without aliases
+MAX_ALIASED_VALUES = 10_000  # values built by expanding aliases (shared blocks are small)
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,8 @@ class _Budget:
 
     def __init__(self) -> None:
         self.values = 0
+        self.aliased = 0
+        self.seen: set[int] = set()  # nodes built once: meeting one again is an alias
 
 
 def _substitute(value: str, env: Mapping[str, str], missing: list[str]) -> str:
@@ -106,11 +109,18 @@ def _substitute(value: str, env: Mapping[str, str], missing: list[str]) -> str:
 
 
 def _build(loader: yaml.SafeLoader, node: yaml.Node, path: PathKey, doc: _Document,
-           env: Mapping[str, str], budget: _Budget) -> Any:
+           env: Mapping[str, str], budget: _Budget, aliased: bool = False) -> Any:
     line = node.start_mark.line + 1
     budget.values += 1
+    if not aliased and id(node) in budget.seen:
+        aliased = True
+    budget.seen.add(id(node))
+    if aliased:
+        budget.aliased += 1
+        if budget.aliased > MAX_ALIASED_VALUES:
+            raise _BadNode(line, f"document too large: aliases expand to more than {MAX_ALIASED_VALUES} values")
     if budget.values > MAX_VALUES:
-        raise _BadNode(line, f"document too large: more than {MAX_VALUES} values (aliases expanding?)")
+        raise _BadNode(line, f"document too large: more than {MAX_VALUES} values")
     if len(path) > MAX_DEPTH:
         raise _BadNode(line, f"nested deeper than {MAX_DEPTH} levels (a recursive alias?)")
     doc.lines[path] = line
@@ -126,10 +136,10 @@ def _build(loader: yaml.SafeLoader, node: yaml.Node, path: PathKey, doc: _Docume
                 key = _substitute(key, env, [])
             if key in result:
                 raise _DuplicateKey(key_node.start_mark.line + 1, key)
-            result[key] = _build(loader, value_node, (*path, key), doc, env, budget)
+            result[key] = _build(loader, value_node, (*path, key), doc, env, budget, aliased)
         return result
     if isinstance(node, yaml.SequenceNode):
-        return [_build(loader, item, (*path, i), doc, env, budget) for i, item in enumerate(node.value)]
+        return [_build(loader, item, (*path, i), doc, env, budget, aliased) for i, item in enumerate(node.value)]
     value = loader.construct_object(node, deep=True)
     if isinstance(value, bool) and isinstance(node, yaml.ScalarNode) and node.value.lower() not in ("true", "false"):
         # YAML 1.1 reads on/off/yes/no as booleans: a service named `off` must stay a name. Boolean
