@@ -73,6 +73,25 @@ class _Document:
     missing: dict[PathKey, list[str]]  # path -> unset variables used there
 
 
+_QUOTED = re.compile(r""""(?:[^"\\\n]|\\.)*"|'(?:[^'\n]|'')*'|#[^\n]*""")
+_BRACKET = re.compile(r"[\[\]{}]")
+
+
+def _flow_depth_problem(text: str) -> int | None:
+    """The line where `[`/`{` nesting passes MAX_DEPTH, or None. Checked before PyYAML sees the text:
+    its scanner takes time quadratic in the nesting depth (a file of `[[[[...` never finishes)."""
+    if text.count("[") + text.count("{") <= MAX_DEPTH:
+        return None
+    # Brackets inside quotes and comments do not nest: blanked out, same length, so positions hold.
+    plain = _QUOTED.sub(lambda m: " " * len(m.group()), text)
+    depth = 0
+    for match in _BRACKET.finditer(plain):
+        depth = depth + 1 if match.group() in "[{" else max(0, depth - 1)
+        if depth > MAX_DEPTH:
+            return text.count("\n", 0, match.start()) + 1
+    return None
+
+
 class _BadNode(Exception):
     """A document the loader refuses: reported as a problem at `line`."""
 
@@ -162,6 +181,9 @@ def parse_documents(file: str, text: str, env: Mapping[str, str]) -> tuple[list[
         return [], [Problem(file, 1, f"rule file larger than {MAX_RULE_FILE_BYTES // 1024} KiB")]
     if "\0" in text:
         return [], [Problem(file, text.count("\n", 0, text.index("\0")) + 1, "a NUL character in a rule file")]
+    deep = _flow_depth_problem(text)
+    if deep is not None:
+        return [], [Problem(file, deep, f"nested deeper than {MAX_DEPTH} levels")]
     loader = yaml.SafeLoader(text)
     try:
         while loader.check_node():
