@@ -231,6 +231,22 @@ def test_bodies_of_unidentified_callers_are_not_read(gateway: Gateway) -> None:
     assert watch.worst < 2.0 and set(watch.codes) == {0}, watch.report("unidentified uploads")
 
 
+def test_chunked_service_body_over_64_mib_is_cut(gateway: Gateway) -> None:
+    """An identified app's chunked upload to a service: measured while it is buffered, and the
+    connection closed once it passes 64 MiB (413, -2005 in the log)."""
+    auth = "Basic " + __import__("base64").b64encode(f"{APP}:{SECRET}".encode()).decode()
+    out: dict[str, Any] = {}
+    with Watcher(gateway, ping(gateway)) as watch:
+        _chunked_upload(gateway.port, auth, 200 * MIB, out)
+    print(watch.report("200 MiB chunked to a service, identified"), f"sent {out['sent'] // MIB} MiB")
+    assert 64 * MIB < out["sent"] < 200 * MIB
+    assert watch.growth < 200, watch.report("chunked service body")
+    assert watch.worst < 2.0 and set(watch.codes) == {0}, watch.report("chunked service body")
+    line = wait_until(lambda: next((r for r in gateway.log_lines() if r["status"] == 413
+                                    and "chunked" in (r["error"] or "")), None), 5, what="the 413 in the log")
+    assert line["code"] == -2005  # type: ignore[index]
+
+
 def test_answer_from_headers_and_close(gateway: Gateway) -> None:
     """Read right after the headers: an unidentified caller's body gets its 407, a service call
     announcing more than 64 MiB its 413 (-2005), and both connections are closed."""
