@@ -64,7 +64,7 @@ def test_repeated_xml_elements_take_linear_time() -> None:
         assert verdict.code == 0 and len(verdict.data["i"]) == n
         return time.monotonic() - start
 
-    assert took(100_000) < 1.0  # was 6 s: a new list per repeated element
+    assert took(100_000) < 2.0  # was 6 s: a new list per repeated element
 
 
 def test_file_references_only_regular_files_under_the_rules_directory(tmp_path: Path) -> None:
