@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import codecs
 import json
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -162,12 +163,18 @@ def _no_nan(constant: str) -> Any:
     raise ValueError(f"{constant} is not JSON")
 
 
+def _finite(literal: str) -> float | str:
+    # A number beyond a float (1e999999) would become Infinity, which is not JSON: keep its text.
+    value = float(literal)
+    return value if math.isfinite(value) else literal
+
+
 def _json(answer: ProviderAnswer) -> Any:
     text = _text(answer)
     if not text.strip():
         raise Unreadable("empty body")
     try:
-        return json.loads(text, parse_constant=_no_nan)
+        return json.loads(text, parse_constant=_no_nan, parse_float=_finite)
     except (ValueError, RecursionError) as exc:
         raise Unreadable("not JSON", f"{type(exc).__name__}: {exc}") from None
 
@@ -497,15 +504,18 @@ def _as_text(value: Any) -> str:
 
 def _children(element: Element, depth: int = 0) -> dict[str, Any]:
     out: dict[str, Any] = {}
+    repeated: set[str] = set()  # tags whose value is a list built here (appended to: linear time)
     for child in element:
         if depth < 32 and len(child):
             value: Any = _children(child, depth + 1)
         else:
             value = child.text or ""
         tag = child.tag if isinstance(child.tag, str) else str(child.tag)
-        if tag in out:
-            previous = out[tag]
-            out[tag] = [*previous, value] if isinstance(previous, list) else [previous, value]
+        if tag in repeated:
+            out[tag].append(value)
+        elif tag in out:
+            out[tag] = [out[tag], value]
+            repeated.add(tag)
         else:
             out[tag] = value
     return out
@@ -548,8 +558,19 @@ def _default(value: Any) -> Any:
     return str(value)
 
 
-_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=_default)
-_ASCII_ENCODER = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"), default=_default)
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=_default, allow_nan=False)
+_ASCII_ENCODER = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"), default=_default, allow_nan=False)
+
+
+def _without_nan(value: Any) -> Any:
+    """`value` with every NaN or infinite float as its text: JSON cannot carry them."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)
+    if isinstance(value, dict):
+        return {k: _without_nan(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_without_nan(v) for v in value]
+    return value
 
 
 def render(code: int, message: str, data: Any, request_id: str) -> bytes:
@@ -558,7 +579,13 @@ def render(code: int, message: str, data: Any, request_id: str) -> bytes:
     if code != 0:
         envelope["source"] = source_of(code)
     try:
-        return _ENCODER.encode(envelope).encode("utf-8")
+        try:
+            return _ENCODER.encode(envelope).encode("utf-8")
+        except ValueError as exc:
+            if isinstance(exc, UnicodeError) or "JSON compliant" not in str(exc):
+                raise
+            envelope["data"] = _without_nan(data)  # rare: found only by the encoder, never silently
+            return _ENCODER.encode(envelope).encode("utf-8")
     except UnicodeEncodeError:
         # A lone surrogate (JSON allows "\ud800") cannot be UTF-8; \u escapes keep the value exact.
         return _ASCII_ENCODER.encode(envelope).encode("ascii")

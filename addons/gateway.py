@@ -17,6 +17,7 @@ if _ROOT not in sys.path:
 
 from addons.chain.accesslog import AccessLogger  # noqa: E402
 from addons.chain.admin import Admin  # noqa: E402
+from addons.chain.connections import ClientConnections  # noqa: E402
 from addons.chain.context import CallPipeline, GatewayContext  # noqa: E402
 from addons.chain.forward import Forward  # noqa: E402
 from addons.chain.identify import Identify  # noqa: E402
@@ -46,6 +47,7 @@ addons = [
     rules,             # gateway_rules: load, validate, swap the rule set
     watch,             # reload on file change / SIGHUP / gateway.reload; gateway_rules_url feed
     Admin(gw, watch),  # gateway_admin: /metrics /healthz /readyz /status
+    ClientConnections(gw),  # gateway.client_idle, gateway.header_timeout: idle and slow clients closed
     *steps,
     CallPipeline(gw, *steps),  # runs the steps above, in order, from one request hook
     WebSockets(gw),    # pass-through WebSockets keep only their newest message (bounded memory)

@@ -85,9 +85,10 @@ class AppDirectory:
                          now: float) -> None:
         """Raises -2002 unless the signature, its clock and its nonce format are right (nonce reuse is
         checked by the caller in the shared store, after the signature, so garbage cannot fill it)."""
-        secret = self._secrets.get(signed.app)
-        if secret is None:
-            raise GatewayError(Code.CALLER_SIGNATURE, f"signed request from unknown app {signed.app!r}")
+        known = self._secrets.get(signed.app)
+        # An unknown app is checked against a placeholder key and fails like a wrong signature: the
+        # answer must not tell a caller which app names exist (the Basic path hides it too).
+        secret = known if known is not None else b"\0" * 32
         try:
             timestamp = int(signed.timestamp)
         except ValueError:
@@ -99,7 +100,9 @@ class AppDirectory:
             raise GatewayError(Code.CALLER_SIGNATURE, "X-Gateway-Nonce must be 8 to 64 characters")
         expected = hmac.new(secret, string_to_sign(method, path_and_query, signed.timestamp, signed.nonce, body),
                             hashlib.sha256).hexdigest()
-        if not hmac.compare_digest(expected, signed.signature.strip().lower()):
+        # Bytes, not str: compare_digest raises TypeError on a non-ASCII str (a caller's garbage).
+        given = signed.signature.strip().lower().encode("utf-8", "surrogateescape")
+        if not hmac.compare_digest(expected.encode(), given) or known is None:
             raise GatewayError(Code.CALLER_SIGNATURE, "request signature invalid")
 
     def allowed(self, app: str, rule: str) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
@@ -19,18 +20,26 @@ WINDOW_NAMES = {1: "second", 60: "minute", 3600: "hour", 86400: "day"}
 _RATE = re.compile(r"^\s*(\d+)\s*/\s*([a-z]+)\s*$")
 
 
+MAX_DURATION = 30 * 86400.0  # a month: longer is a typo, and huge values overflow timers
+
+
+def _bounded_duration(seconds: float, given: object) -> float:
+    # NaN compares false with everything: without isfinite, `timeout: .nan` would pass every check.
+    if not math.isfinite(seconds) or seconds < 0 or seconds > MAX_DURATION:
+        raise ValueError(f"not a duration: {given!r} (a finite number of seconds, 0 to 30 days)")
+    return seconds
+
+
 def parse_duration(value: object) -> float:
     """Seconds in a duration. A bare number is taken as seconds."""
     if isinstance(value, bool):
         raise ValueError(f"not a duration: {value!r}")
     if isinstance(value, int | float):
-        if value < 0:
-            raise ValueError(f"duration must not be negative: {value!r}")
-        return float(value)
+        return _bounded_duration(float(value), value)
     if isinstance(value, str):
         match = _DURATION.match(value)
         if match:
-            return float(match.group(1)) * _DURATION_FACTORS[match.group(2)]
+            return _bounded_duration(float(match.group(1)) * _DURATION_FACTORS[match.group(2)], value)
     raise ValueError(f"not a duration: {value!r} (write 250ms, 5s, 2m or 1h)")
 
 

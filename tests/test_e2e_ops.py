@@ -352,6 +352,9 @@ class FakeRules:
         self.reasons.append(reason)
         return []
 
+    async def reload_async(self, reason: str = "reload") -> list[Any]:
+        return self.reload(reason)
+
 
 async def test_watcher_falls_back_to_polling_when_inotify_fails(tmp_path: Path) -> None:
     rules = FakeRules()

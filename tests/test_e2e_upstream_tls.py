@@ -83,15 +83,15 @@ def private_provider(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple
 def test_private_ca_trusted_by_upstream_ca_refused_without(tmp_path: Path, confdir: Path,
                                                            private_provider: tuple[int, Path]) -> None:
     port, ca_file = private_provider
-    (tmp_path / "keys").mkdir()
-    (tmp_path / "keys" / "ca.pem").write_text(ca_file.read_text())
+    (tmp_path / "rules" / "keys").mkdir(parents=True)  # file: reads only under the rules directory
+    (tmp_path / "rules" / "keys" / "ca.pem").write_text(ca_file.read_text())
     service = """
         service: {name}
         hosts: [{name}.test]
         upstream: {{url: "https://127.0.0.1:{port}", timeout: 2s{extra}}}
     """
     rules = write_rules(tmp_path / "rules", {
-        "with_ca.yaml": service.format(name="withca", port=port, extra=', ca: "file:../keys/ca.pem"'),
+        "with_ca.yaml": service.format(name="withca", port=port, extra=', ca: "file:keys/ca.pem"'),
         "no_ca.yaml": service.format(name="noca", port=port, extra=""),
         "insecure.yaml": service.format(name="insecure", port=port, extra=", verify: false"),
         "gateway.yaml": "gateway: {require_app: false}\n",

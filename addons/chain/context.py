@@ -71,7 +71,7 @@ class GatewayContext:
             request = flow.request
             # pretty_host parses the Host header each time it is read: once per call is enough.
             call = Call(request_id_from(request.headers.get("x-request-id")), request.method, request.url,
-                        request.pretty_host)
+                        request.pretty_host.lower())  # hosts are case-insensitive (GATEWAY.LOCAL)
             self.calls[flow] = call
         return call
 

@@ -96,8 +96,10 @@ class Forward:
 
     def _raw(self, flow: http.HTTPFlow, call: Call, result: Result, method: str) -> None:
         """The provider's answer as it came (vendor SDKs parse it themselves); bytes stay encoded."""
-        headers = http.Headers([(k.encode("latin-1"), v.encode("latin-1")) for k, v in result.headers.items()
-                                if k.lower() not in HOP_BY_HOP])
+        # aiohttp decodes header bytes as UTF-8 with surrogateescape: encoding back the same way gives
+        # the provider's bytes exactly (latin-1 would fail on a UTF-8 value: the provider's doing).
+        headers = http.Headers([(k.encode("utf-8", "surrogateescape"), v.encode("utf-8", "surrogateescape"))
+                                for k, v in result.headers.items() if k.lower() not in HOP_BY_HOP])
         length = result.headers.get("content-length", "")
         if not (method == "HEAD" and not result.raw_body and length.isdigit()):
             # A HEAD answer has no body but keeps the provider's length (boto3's head_object reads it).

@@ -5,11 +5,17 @@ from __future__ import annotations
 import logging
 
 from mitmproxy import http
+from mitmproxy.net.http import status_codes
 
-from addons.chain.context import GatewayContext, fail, internal_error
+from addons.chain.connections import write_to_client
+from addons.chain.context import JSON, GatewayContext, fail, internal_error
+from addons.chain.identify import CHALLENGE
 from addons.chain.websocket import is_upgrade
+from addons.chain.webview import proxy_authorization
+from addons.envelope import render
 from addons.errors import Code, GatewayError
 from addons.explicit import json_object, template_params
+from addons.identity import parse_basic
 from addons.rules.router import UNMATCHED
 
 log = logging.getLogger("gateway")
@@ -36,25 +42,69 @@ class Route:
         # unknown hosts is allowed and the caller is already known (its tunnel's CONNECT, or no app
         # required). Otherwise the body is buffered and checked like any other call.
         compiled = self.gw.compiled
-        host = self.gw.call(flow).host
-        if compiled is None or host == EXPLICIT_HOST:
+        if compiled is None:
             return
-        length = flow.request.headers.get("content-length", "")
-        if compiled.router.owner(host) is not None:
-            flow.request.stream = False
+        request = flow.request
+        host = self.gw.call(flow).host
+        length = request.headers.get("content-length", "")
+        chunked = "chunked" in request.headers.get("transfer-encoding", "").lower()
+        has_body = chunked or (length.isdigit() and int(length) > 0) or (bool(length) and not length.isdigit())
+        if has_body and self._unidentified(flow):
+            # Nothing is read, let alone buffered, for a caller that cannot be identified: answered
+            # now and closed (mitmproxy would read the whole body before any answer could go out).
+            self._refuse(flow, Code.CALLER_UNIDENTIFIED, 407, "caller not identified: send app credentials "
+                         "(Proxy-Authorization) or a signed request",
+                         "unidentified caller sent a request body; answered before reading it, connection closed",
+                         CHALLENGE)
+            return
+        service = host == EXPLICIT_HOST or compiled.router.owner(host) is not None
+        if service:
+            request.stream = False
             if length.isdigit() and int(length) > MAX_SERVICE_BODY:
                 # A service call's body is buffered whole, and mitmproxy reads a request's body before
-                # it sends any answer: the only way not to read it is to close the connection now.
-                call = self.gw.call(flow)
-                call.code, call.status = Code.CALLER_INVALID, 413
-                call.error = (f"request body of {length} bytes is larger than the "
-                              f"{MAX_SERVICE_BODY // (1024 * 1024)} MiB a service call takes; connection closed")
-                flow.kill()
+                # it sends any answer: the only way not to read it is to answer now and close.
+                self._refuse(flow, Code.CALLER_INVALID, 413,
+                             f"request body larger than the {MAX_SERVICE_BODY // (1024 * 1024)} MiB a service "
+                             "call takes",
+                             f"request body of {length} bytes is larger than the "
+                             f"{MAX_SERVICE_BODY // (1024 * 1024)} MiB a service call takes; connection closed")
             return
         gateway = compiled.gateway
         known = flow.client_conn in self.gw.tunnels or not gateway.require_app
-        large = length.isdigit() and int(length) > STREAM_THRESHOLD
-        flow.request.stream = large and known and gateway.unknown_hosts == "allow"
+        # A chunked body has no length to judge: streamed too (buffering it would be unbounded).
+        large = chunked or (length.isdigit() and int(length) > STREAM_THRESHOLD)
+        request.stream = large and known and gateway.unknown_hosts == "allow"
+
+    def _unidentified(self, flow: http.HTTPFlow) -> bool:
+        """True when the request's headers already show that the caller will be refused (-2001):
+        no or wrong Basic credentials, no tunnel identity, no signature headers, no known address."""
+        compiled = self.gw.compiled
+        if compiled is None or not compiled.gateway.require_app or flow.client_conn in self.gw.tunnels:
+            return False
+        headers = flow.request.headers
+        if "x-gateway-signature" in headers or "x-gateway-app" in headers:
+            return False  # verified over the body in the request hook (bounded by MAX_SERVICE_BODY)
+        proxy_auth = proxy_authorization(flow)
+        if proxy_auth is not None:
+            credentials = parse_basic(proxy_auth)
+            return credentials is None or not compiled.apps.check_password(*credentials)
+        peer = flow.client_conn.peername
+        return not (peer and compiled.apps.by_address(peer[0]))
+
+    def _refuse(self, flow: http.HTTPFlow, code: int, status: int, message: str, detail: str,
+                headers: dict[str, str] | None = None) -> None:
+        """Answer a call from its headers alone and close the connection, leaving its body unread."""
+        call = self.gw.call(flow)
+        call.code, call.status, call.message, call.error = code, status, message, detail
+        body = render(code, message, None, call.request_id)
+        lines = [f"HTTP/1.1 {status} {status_codes.RESPONSES.get(status, '')}", "Content-Type: " + JSON,
+                 f"Content-Length: {len(body)}", f"X-Request-ID: {call.request_id}", f"X-Gateway-Code: {code}",
+                 "Connection: close", *(f"{k}: {v}" for k, v in (headers or {}).items())]
+        if flow.request.http_version.startswith("HTTP/1"):
+            # Written straight to the client's socket (plain HTTP only), then closed: a TLS or HTTP/2
+            # client just sees the connection close.
+            write_to_client(flow.client_conn, ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)
+        flow.kill()
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         call = self.gw.calls.get(flow)

@@ -15,6 +15,10 @@ from addons.upstream.health import HealthRegistry, ServiceHealth, TargetHealth
 
 log = logging.getLogger("gateway")
 
+# Reading a rules directory is bounded (file size, nesting, alias expansion: see loader.py) and runs
+# in a worker thread for every reload while serving; past this long it is reported as a problem.
+RELOAD_TIME_LIMIT = 10.0
+
 
 class CredentialContext:
     """What token credentials get from the gateway (see credentials/__init__.py)."""
@@ -33,6 +37,7 @@ class Rules:
         self.gw = gw
         self.remote_sources: list[tuple[str, str]] = []  # documents from gateway_rules_url
         self._closing: set[asyncio.Task[None]] = set()  # runtimes dropped by a reload, closing
+        self._reloading = asyncio.Lock()  # one threaded reload at a time, applied in order
 
     def load(self, loader) -> None:  # type: ignore[no-untyped-def]
         loader.add_option("gateway_rules", str, "rules", "Directory of the gateway's rule files (*.yaml, *.yml).")
@@ -61,6 +66,23 @@ class Rules:
         the rules in force and report. Returns the problems (empty on success)."""
         directory = ctx.options.gateway_rules
         rules, problems = load_directory(directory, extra=self.remote_sources)
+        return self._finish(directory, rules, problems, reason)
+
+    async def reload_async(self, reason: str = "reload") -> list[Problem]:
+        """`reload` with the reading and validating done in a worker thread, so a large or hostile
+        rule file never stalls the calls being served. The result is applied here, on the loop."""
+        async with self._reloading:
+            directory = ctx.options.gateway_rules
+            extra = list(self.remote_sources)
+            try:
+                rules, problems = await asyncio.wait_for(
+                    asyncio.to_thread(load_directory, directory, None, extra), RELOAD_TIME_LIMIT)
+            except TimeoutError:
+                rules, problems = RuleSet(), [Problem(directory, 0, f"reading the rules took longer than "
+                                                                    f"{RELOAD_TIME_LIMIT:.0f} s")]
+            return self._finish(directory, rules, problems, reason)
+
+    def _finish(self, directory: str, rules: RuleSet, problems: list[Problem], reason: str) -> list[Problem]:
         self.gw.last_reload_at = time.time()
         if problems:
             self.gw.last_reload_error = [str(p) for p in problems]

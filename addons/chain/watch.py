@@ -163,6 +163,7 @@ class Watch:
         self._poll_task: asyncio.Task[None] | None = None
         self._stop_watch = threading.Event()  # seen by the watchfiles thread, which cannot be cancelled
         self._wake = asyncio.Event()
+        self._reloads: set[asyncio.Task[list[Problem]]] = set()  # SIGHUP / command reloads under way
         self._signal_loop: asyncio.AbstractEventLoop | None = None
         self.awatch: Callable[..., AsyncIterator[set[tuple[Any, str]]]] = awatch  # replaceable in tests
 
@@ -209,35 +210,42 @@ class Watch:
     @command.command("gateway.reload")
     def reload_command(self) -> None:
         """Reload the rules now (directory and remote feed), like SIGHUP."""
-        self.reload_now("gateway.reload command")
+        self._reload_soon("gateway.reload command")
 
     # -- reloading ----------------------------------------------------------------------------------
 
     def _sighup(self) -> None:
-        self.reload_now("SIGHUP")
+        self._reload_soon("SIGHUP")
 
-    def reload_now(self, reason: str) -> list[Problem]:
+    def _reload_soon(self, reason: str) -> None:
+        # The rules are read in a worker thread (Rules.reload_async): a task waits for it.
+        task = asyncio.get_running_loop().create_task(self.reload_now(reason))
+        self._reloads.add(task)
+        task.add_done_callback(self._reloads.discard)
+
+    async def reload_now(self, reason: str) -> list[Problem]:
         """Reload at once and make the remote feed be fetched again without validators."""
         log.info("gateway: reloading the rules (%s)", reason)
-        problems = self.reload(reason)
+        problems = await self.reload(reason)
         if self.feed.url:
             self.feed.force = True
             self.feed.rejected_digest = None
             self._wake.set()
         return problems
 
-    def reload(self, reason: str) -> list[Problem]:
+    async def reload(self, reason: str) -> list[Problem]:
         self.last_trigger = reason
-        problems = self.rules.reload(reason)
+        problems = await self.rules.reload_async(reason)
         if not problems and self.feed.rejected is not None:
             # The rejected remote documents may have conflicted with a local file that is now fixed.
-            self._try_remote(self.feed.rejected, self.feed.rejected_digest, "remote rules retried after " + reason)
+            await self._try_remote(self.feed.rejected, self.feed.rejected_digest,
+                                   "remote rules retried after " + reason)
         return problems
 
-    def _try_remote(self, documents: list[Source], digest: str | None, reason: str) -> bool:
+    async def _try_remote(self, documents: list[Source], digest: str | None, reason: str) -> bool:
         previous = self.rules.remote_sources
         self.rules.remote_sources = documents
-        problems = self.rules.reload(reason)
+        problems = await self.rules.reload_async(reason)
         if problems:
             # Rules.reload kept the rules in force and logged the problems; the documents in force
             # stay the previous ones, so a later local reload does not pick up the broken ones.
@@ -281,7 +289,7 @@ class Watch:
                 continue
             if missing_logged:
                 missing_logged = False
-                self._changed(directory, "rules directory appeared")
+                await self._changed(directory, "rules directory appeared")
             try:
                 self.mode = "polling" if force_polling else "inotify"
                 inode = os.stat(directory).st_ino
@@ -290,7 +298,7 @@ class Watch:
                         stop_event=stop, force_polling=force_polling, poll_delay_ms=POLL_DELAY_MS,
                         recursive=True, rust_timeout=1000):
                     names = sorted({os.path.basename(path) for _, path in changes})
-                    self._changed(directory, "file change: " + ", ".join(names[:5])
+                    await self._changed(directory, "file change: " + ", ".join(names[:5])
                                   + (f" and {len(names) - 5} more" if len(names) > 5 else ""))
                     if not _same_directory(directory, inode):
                         # Removed or replaced (renamed over): a watch on the old inode would never
@@ -318,10 +326,10 @@ class Watch:
                 # awatch ends when its directory goes away (or on stop): check again from the top.
                 await asyncio.sleep(POLL_DELAY_MS / 1000 if not stop.is_set() else 0)
 
-    def _changed(self, directory: str, what: str) -> None:
+    async def _changed(self, directory: str, what: str) -> None:
         self.last_change_at = time.time()
         try:
-            self.reload(what)
+            await self.reload(what)
         except Exception as exc:  # a bug in a reload must not end the watcher
             log.error("gateway: reload after a change in %s failed: %s: %s", directory, type(exc).__name__, exc,
                       exc_info=log.isEnabledFor(logging.DEBUG))
@@ -471,7 +479,7 @@ class Watch:
             return  # the server ignores validators, or answered 200 with what is in force
         if digest == feed.rejected_digest and not forced:
             return  # already refused; logged then, shown in /status since
-        if self._try_remote(documents, digest, f"remote rules from {feed.shown}"):
+        if await self._try_remote(documents, digest, f"remote rules from {feed.shown}"):
             log.info("gateway: remote rules from %s in force: %d document(s)", feed.shown, len(documents))
             feed.in_force = "feed"
             await self._save_cache(feed, text)

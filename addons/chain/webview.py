@@ -130,12 +130,22 @@ class WebView:
         return _view()
 
 
+# Proxy-Authorization values HideProxyAuth holds back until the request hook, by flow.
+_HELD: weakref.WeakKeyDictionary[http.HTTPFlow, list[str]] = weakref.WeakKeyDictionary()
+
+
+def proxy_authorization(flow: http.HTTPFlow) -> str | None:
+    """The request's Proxy-Authorization, also while HideProxyAuth holds it (request headers phase)."""
+    held = _HELD.get(flow)
+    return held[0] if held else flow.request.headers.get("proxy-authorization")
+
+
 class HideProxyAuth:
     """Keeps Proxy-Authorization out of mitmweb's flow list (see the module docstring). Must come
     before Identify in the chain; does nothing without mitmweb (mitmdump stores no flows)."""
 
     def __init__(self) -> None:
-        self._held: weakref.WeakKeyDictionary[http.HTTPFlow, list[str]] = weakref.WeakKeyDictionary()
+        self._held = _HELD
         self._active = False
 
     def running(self) -> None:

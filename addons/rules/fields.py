@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import Annotated, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, SecretStr, ValidationInfo
 
+from addons.rules.filerefs import read_file_ref
 from addons.units import Rate, parse_duration, parse_rate
 
 
@@ -25,14 +25,8 @@ RateField = Annotated[Rate, BeforeValidator(parse_rate)]
 def _resolve_file_ref(value: Any, info: ValidationInfo) -> Any:
     """`file:path` reads the value from a file, relative to the rules directory."""
     if isinstance(value, str) and value.startswith("file:"):
-        base = Path((info.context or {}).get("base_dir", "."))
-        path = Path(value[5:]).expanduser()
-        if not path.is_absolute():
-            path = base / path
-        try:
-            return path.read_text()
-        except OSError as exc:
-            raise ValueError(f"cannot read {value}: {exc.strerror}") from None
+        # Regular files under the rules directory only, bounded (see filerefs.py).
+        return read_file_ref(value[5:], (info.context or {}).get("base_dir", "."))
     return value
 
 

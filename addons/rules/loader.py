@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import stat
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,14 @@ from addons.rules.schema import AppsFile, AppSpec, GatewaySpec, ServiceSpec
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 PathKey = tuple[str | int, ...]
+
+# Bounds on one rule file or remote document (SPEC 18): real rule files are a few KiB, a few levels
+# deep, with a handful of values. Aliases are expanded while a document is built, so MAX_VALUES also
+# stops an alias bomb ("billion laughs") and a recursive alias stops at MAX_DEPTH.
+MAX_RULE_FILE_BYTES = 1024 * 1024
+MAX_DEPTH = 64
+MAX_VALUES = 300_000  # more than 1 MiB of YAML can hold without aliases
+MAX_ALIASED_VALUES = 10_000  # values built by expanding aliases (shared blocks are small)
 
 
 @dataclass(frozen=True)
@@ -64,10 +73,45 @@ class _Document:
     missing: dict[PathKey, list[str]]  # path -> unset variables used there
 
 
-class _DuplicateKey(Exception):
-    def __init__(self, line: int, key: object) -> None:
-        super().__init__(f"duplicate key {key!r}")
+_QUOTED = re.compile(r""""(?:[^"\\\n]|\\.)*"|'(?:[^'\n]|'')*'|#[^\n]*""")
+_BRACKET = re.compile(r"[\[\]{}]")
+
+
+def _flow_depth_problem(text: str) -> int | None:
+    """The line where `[`/`{` nesting passes MAX_DEPTH, or None. Checked before PyYAML sees the text:
+    its scanner takes time quadratic in the nesting depth (a file of `[[[[...` never finishes)."""
+    if text.count("[") + text.count("{") <= MAX_DEPTH:
+        return None
+    # Brackets inside quotes and comments do not nest: blanked out, same length, so positions hold.
+    plain = _QUOTED.sub(lambda m: " " * len(m.group()), text)
+    depth = 0
+    for match in _BRACKET.finditer(plain):
+        depth = depth + 1 if match.group() in "[{" else max(0, depth - 1)
+        if depth > MAX_DEPTH:
+            return text.count("\n", 0, match.start()) + 1
+    return None
+
+
+class _BadNode(Exception):
+    """A document the loader refuses: reported as a problem at `line`."""
+
+    def __init__(self, line: int, message: str) -> None:
+        super().__init__(message)
         self.line = line
+
+
+class _DuplicateKey(_BadNode):
+    def __init__(self, line: int, key: object) -> None:
+        super().__init__(line, f"duplicate key {key!r}")
+
+
+class _Budget:
+    """Values built so far in one document (aliases count each time they are expanded)."""
+
+    def __init__(self) -> None:
+        self.values = 0
+        self.aliased = 0
+        self.seen: set[int] = set()  # nodes built once: meeting one again is an alias
 
 
 def _substitute(value: str, env: Mapping[str, str], missing: list[str]) -> str:
@@ -84,11 +128,26 @@ def _substitute(value: str, env: Mapping[str, str], missing: list[str]) -> str:
 
 
 def _build(loader: yaml.SafeLoader, node: yaml.Node, path: PathKey, doc: _Document,
-           env: Mapping[str, str]) -> Any:
-    doc.lines[path] = node.start_mark.line + 1
+           env: Mapping[str, str], budget: _Budget, aliased: bool = False) -> Any:
+    line = node.start_mark.line + 1
+    budget.values += 1
+    if not aliased and id(node) in budget.seen:
+        aliased = True
+    budget.seen.add(id(node))
+    if aliased:
+        budget.aliased += 1
+        if budget.aliased > MAX_ALIASED_VALUES:
+            raise _BadNode(line, f"document too large: aliases expand to more than {MAX_ALIASED_VALUES} values")
+    if budget.values > MAX_VALUES:
+        raise _BadNode(line, f"document too large: more than {MAX_VALUES} values")
+    if len(path) > MAX_DEPTH:
+        raise _BadNode(line, f"nested deeper than {MAX_DEPTH} levels (a recursive alias?)")
+    doc.lines[path] = line
     if isinstance(node, yaml.MappingNode):
         result: dict[Any, Any] = {}
         for key_node, value_node in node.value:
+            if not isinstance(key_node, yaml.ScalarNode):
+                raise _BadNode(key_node.start_mark.line + 1, "a key must be a plain value, not a list or mapping")
             key = loader.construct_object(key_node, deep=True)
             if isinstance(key, bool) and isinstance(key_node, yaml.ScalarNode):
                 key = key_node.value  # YAML 1.1 reads a key `on:` as True; retry.on means the word
@@ -96,16 +155,18 @@ def _build(loader: yaml.SafeLoader, node: yaml.Node, path: PathKey, doc: _Docume
                 key = _substitute(key, env, [])
             if key in result:
                 raise _DuplicateKey(key_node.start_mark.line + 1, key)
-            result[key] = _build(loader, value_node, (*path, key), doc, env)
+            result[key] = _build(loader, value_node, (*path, key), doc, env, budget, aliased)
         return result
     if isinstance(node, yaml.SequenceNode):
-        return [_build(loader, item, (*path, i), doc, env) for i, item in enumerate(node.value)]
+        return [_build(loader, item, (*path, i), doc, env, budget, aliased) for i, item in enumerate(node.value)]
     value = loader.construct_object(node, deep=True)
     if isinstance(value, bool) and isinstance(node, yaml.ScalarNode) and node.value.lower() not in ("true", "false"):
         # YAML 1.1 reads on/off/yes/no as booleans: a service named `off` must stay a name. Boolean
         # fields still accept these words (the schema parses them).
         value = node.value
     if isinstance(value, str):
+        if "\0" in value:
+            raise _BadNode(line, "a value holds a NUL character")
         missing: list[str] = []
         value = _substitute(value, env, missing)
         if missing:
@@ -116,6 +177,13 @@ def _build(loader: yaml.SafeLoader, node: yaml.Node, path: PathKey, doc: _Docume
 def parse_documents(file: str, text: str, env: Mapping[str, str]) -> tuple[list[_Document], list[Problem]]:
     """YAML text to documents with a line for every path. Several documents are allowed (remote feeds)."""
     docs: list[_Document] = []
+    if len(text) > MAX_RULE_FILE_BYTES:
+        return [], [Problem(file, 1, f"rule file larger than {MAX_RULE_FILE_BYTES // 1024} KiB")]
+    if "\0" in text:
+        return [], [Problem(file, text.count("\n", 0, text.index("\0")) + 1, "a NUL character in a rule file")]
+    deep = _flow_depth_problem(text)
+    if deep is not None:
+        return [], [Problem(file, deep, f"nested deeper than {MAX_DEPTH} levels")]
     loader = yaml.SafeLoader(text)
     try:
         while loader.check_node():
@@ -123,16 +191,22 @@ def parse_documents(file: str, text: str, env: Mapping[str, str]) -> tuple[list[
             if node is None:
                 continue
             doc = _Document(file, None, {}, {})
-            doc.data = _build(loader, node, (), doc, env)
+            doc.data = _build(loader, node, (), doc, env, _Budget())
             docs.append(doc)
-    except _DuplicateKey as exc:
+    except _BadNode as exc:
         return [], [Problem(file, exc.line, str(exc))]
+    except RecursionError:
+        # PyYAML composes nested collections recursively: a document nested hundreds deep.
+        return [], [Problem(file, loader.line + 1, f"nested deeper than {MAX_DEPTH} levels")]
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else 1
         return [], [Problem(file, line, f"invalid YAML: {exc.problem or exc}")]
     except yaml.YAMLError as exc:
         return [], [Problem(file, 1, f"invalid YAML: {exc}")]
+    except (ValueError, TypeError, OverflowError) as exc:
+        # A scalar PyYAML cannot construct (an int of 5000 digits, a date like 2024-13-45).
+        return [], [Problem(file, loader.line + 1, f"invalid value: {type(exc).__name__}")]
     finally:
         loader.dispose()
     return docs, []
@@ -301,6 +375,19 @@ def _fallback_hosts(data: dict[str, Any]) -> tuple[str, ...]:
     return ()
 
 
+def _read_rule_file(file: Path) -> str:
+    """A rule file's text, at most MAX_RULE_FILE_BYTES (a larger one is refused, not read whole)."""
+    # O_NONBLOCK and the check after opening: a FIFO swapped in after the listing must not block.
+    fd = os.open(file, os.O_RDONLY | os.O_NONBLOCK)
+    with open(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ValueError("not a regular file")
+        data = handle.read(MAX_RULE_FILE_BYTES + 1)
+    if len(data) > MAX_RULE_FILE_BYTES:
+        raise ValueError(f"larger than {MAX_RULE_FILE_BYTES // 1024} KiB")
+    return data.decode("utf-8")
+
+
 def rule_files(directory: Path) -> list[Path]:
     return sorted(p for p in directory.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file()
                   and not p.name.startswith("."))
@@ -321,7 +408,11 @@ def load_sources(sources: list[tuple[str, str]], base_dir: Path,
             problems = [Problem(name, 1, "rule file is empty (rename it to *.disabled to switch it off)")]
         collector.problems.extend(problems)
         for doc in docs:
-            collector.add(doc)
+            try:
+                collector.add(doc)
+            except Exception as exc:  # a value the schema's checks did not foresee: a problem, not a crash
+                collector.problems.append(Problem(doc.file, doc.lines.get((), 1),
+                                                  f"cannot be read: {type(exc).__name__}"))
         collector.rules.files.append(name)
     rules = collector.rules
     rules.version = digest.hexdigest()[:12] if sources else "empty"
@@ -336,10 +427,13 @@ def load_directory(directory: str | Path, env: Mapping[str, str] | None = None,
         return RuleSet(), [Problem(str(path), 0, "rules directory does not exist")]
     sources: list[tuple[str, str]] = []
     problems: list[Problem] = []
+    for file in sorted(p for p in path.iterdir() if p.suffix in (".yaml", ".yml") and not p.name.startswith(".")
+                       and p.exists() and not p.is_file() and not p.is_dir()):
+        problems.append(Problem(str(file), 1, "cannot read: not a regular file (a FIFO or device?)"))
     for file in rule_files(path):
         try:
-            sources.append((str(file), file.read_text(encoding="utf-8")))
-        except (OSError, UnicodeDecodeError) as exc:
-            problems.append(Problem(str(file), 1, f"cannot read: {exc}"))
+            sources.append((str(file), _read_rule_file(file)))
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            problems.append(Problem(str(file), 1, f"cannot read: {getattr(exc, 'strerror', None) or exc}"))
     rules, more = load_sources(sources + (extra or []), path, env)
     return rules, problems + more

@@ -125,6 +125,12 @@ def _check_path(value: str) -> str:
         raise ValueError(f"path {value!r} must start with '/'")
     if re.search(r"\{(?![A-Za-z_][A-Za-z0-9_]*\})", value):
         raise ValueError(f"path {value!r}: a template is written {{name}}")
+    names = re.findall(r"\{([A-Za-z_][A-Za-z0-9_]*)\}", value)
+    if len(names) != len(set(names)):
+        # The router compiles one named group per parameter: a repeated name could never be routed.
+        raise ValueError(f"path {value!r}: each {{name}} may appear once")
+    if "\0" in value:
+        raise ValueError("path must not contain a NUL character")
     return value
 
 
@@ -224,6 +230,10 @@ class GatewaySpec(Model):
     state_failure: Literal["open", "closed"] = "open"
     instances: int = Field(1, ge=1)
     redact: list[RedactRule] = []
+    # SPEC 18: a client connection with no call in flight is closed after client_idle; a request's
+    # headers must be complete within header_timeout (slowloris).
+    client_idle: Annotated[Duration, Field(gt=0)] = 60.0
+    header_timeout: Annotated[Duration, Field(gt=0)] = 10.0
 
 
 class AppsFile(Model):

@@ -20,6 +20,7 @@ from yarl import URL
 from addons.envelope import ProviderAnswer, Verdict
 from addons.errors import Code, GatewayError
 from addons.outbound import OutboundRequest
+from addons.upstream import decompress
 from addons.upstream.retry import Deadline, Outcome, RetryPolicy
 
 if TYPE_CHECKING:
@@ -38,6 +39,7 @@ MEDIA_TYPES = ("image/", "audio/", "video/", "application/pdf", "application/zip
 # `data` of a successful binary answer: the caller gets the provider's bytes as they came.
 BINARY_BODY = object()
 MAX_BODY = 64 * 1024 * 1024  # an upstream answer larger than this is refused, not buffered
+CLASSIFY_INLINE_BYTES = 256 * 1024  # larger answers are decoded and classified in a worker thread
 # Methods a client may repeat by itself after a connection failure (RFC 9110 9.2.2).
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 # Hard bounds behind aiohttp's own timers, which expire first and say what timed out (connect or
@@ -126,12 +128,8 @@ def make_session() -> aiohttp.ClientSession:
 
 
 def decode_body(headers: CIMultiDictProxy[str] | CIMultiDict[str], body: bytes) -> bytes:
-    encoding = headers.get("content-encoding", "").strip().lower()
-    if not encoding or encoding == "identity" or not body:
-        return body
-    from mitmproxy.net import encoding as mitm_encoding
-
-    return mitm_encoding.decode(body, encoding)  # raises ValueError on a corrupt body
+    # Bounded: a small compressed answer may inflate to gigabytes (raises ValueError past MAX_BODY).
+    return decompress.decode(body, headers.get("content-encoding", ""), MAX_BODY)
 
 
 def _retarget(base: OutboundRequest, target: Target) -> OutboundRequest:
@@ -339,7 +337,12 @@ async def _attempts(runtime: ServiceRuntime, base: OutboundRequest, rule: str, m
             status, headers, body = sent
             result.status, result.headers, result.raw_body = status, headers, body
             result.retry_after = headers.get("retry-after")
-            verdict = _classify(runtime, rule, status, headers, body)
+            if len(body) > CLASSIFY_INLINE_BYTES or (len(body) > 16 * 1024 and "content-encoding" in headers):
+                # Decoding and parsing a large answer (or one that may inflate) takes a while: in a
+                # thread, so other callers keep being served meanwhile.
+                verdict = await asyncio.to_thread(_classify, runtime, rule, status, headers, body)
+            else:
+                verdict = _classify(runtime, rule, status, headers, body)
             result.verdict = verdict
             result.code, result.message, result.data = verdict.code, verdict.message, verdict.data
             result.error = verdict.detail
@@ -371,6 +374,9 @@ def _classify(runtime: ServiceRuntime, rule: str, status: int, headers: CIMultiD
               body: bytes) -> Verdict:
     try:
         decoded = decode_body(headers, body)
+    except decompress.DecodedTooLarge:
+        return Verdict(Code.UPSTREAM_UNREADABLE, f"{rule}: upstream answer unreadable", None,
+                       detail=f"answer decodes to more than {MAX_BODY // (1024 * 1024)} MiB")
     except (ValueError, OSError, EOFError):
         return Verdict(Code.UPSTREAM_UNREADABLE, f"{rule}: upstream answer unreadable", None,
                        detail=f"bad content-encoding {headers.get('content-encoding')!r}")
