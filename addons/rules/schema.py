@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, Field, field_validator, model_validator
 
+from addons.cache.schema import CacheSpec, GatewayCacheSpec
 from addons.credentials.schema import CredentialsSpec, NoCredentials
 from addons.rules.fields import Duration, FileText, Model, Name, RateField, Secret, TimeZone
 from addons.signing.schema import SigningSpec
@@ -136,6 +137,7 @@ class MethodSpec(Model):
     path: Path
     quota: list[QuotaSpec] = []
     timeout: Duration | None = None  # overrides upstream.timeout for this method
+    cache: CacheSpec | None = None  # replaces the service's `cache:` for this method (SPEC 13)
 
 
 class ServiceSpec(Model):
@@ -149,6 +151,7 @@ class ServiceSpec(Model):
     quota: list[QuotaSpec] = []
     health: HealthSpec | None = None
     fallback: FallbackSpec | None = None
+    cache: CacheSpec | None = None  # SPEC 13
     methods: dict[Name, MethodSpec] = {}
     unmatched: Literal["allow", "deny"] = "allow"
 
@@ -218,6 +221,7 @@ class GatewaySpec(Model):
     state_failure: Literal["open", "closed"] = "open"
     instances: int = Field(1, ge=1)
     redact: list[RedactRule] = []
+    cache: GatewayCacheSpec = GatewayCacheSpec()
 
 
 class AppsFile(Model):
