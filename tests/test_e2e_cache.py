@@ -222,7 +222,7 @@ def test_stale_answer_while_the_provider_refuses_connections(tmp_path: Path, con
     never_stored = get(gw, "/geocode?address=other")
     assert never_stored.json()["code"] == -1003 and never_stored.headers["X-Gateway-Cache"] == "miss"
     line = gw.log_for(stale.headers["X-Request-ID"])
-    assert line["code"] == 0 and "connect" in line["error"]
+    assert line["code"] == 0 and "connect" in line["error"] and line["cache"] == "stale"
     assert metric(gw, "gateway_cache_requests_total", service="geo", method="geocode", result="stale") == 1
 
 

@@ -222,6 +222,8 @@ class Cache:
 
     def _serve(self, flow: http.HTTPFlow, call: Call, entry: Entry, result: str) -> None:
         call.headers[HEADER] = result
+        if call.cache is not None:
+            call.cache.result = result
         body = entry.render(call.request_id)
         fields = [*entry.headers, (b"Content-Length", str(len(body)).encode()),
                   (b"X-Request-ID", call.request_id.encode())]
