@@ -223,7 +223,13 @@ def test_stale_answer_while_the_provider_refuses_connections(tmp_path: Path, con
     assert never_stored.json()["code"] == -1003 and never_stored.headers["X-Gateway-Cache"] == "miss"
     line = gw.log_for(stale.headers["X-Request-ID"])
     assert line["code"] == 0 and "connect" in line["error"] and line["cache"] == "stale"
-    assert metric(gw, "gateway_cache_requests_total", service="geo", method="geocode", result="stale") == 1
+    # The refused connects mark the target down; then no attempt is made at all (the fallback), and
+    # the expired copy still answers.
+    later = [get(gw, "/geocode?address=s") for _ in range(4)]
+    assert [r.headers["X-Gateway-Cache"] for r in later] == ["stale"] * 4
+    assert all(r.json()["data"]["n"] == 1 for r in later)
+    assert gw.log_for(later[-1].headers["X-Request-ID"])["attempts"] == 0
+    assert metric(gw, "gateway_cache_requests_total", service="geo", method="geocode", result="stale") == 5
 
 
 def test_purge_a_method_or_a_service(tmp_path: Path, confdir: Path, fake: FakeProvider,
