@@ -76,8 +76,10 @@ class Cache:
         self._spawn(old.close())
 
     def done(self) -> None:
+        # Sync, like State.done: mitmproxy calls it synchronously when it re-imports the script.
         for task in list(self._tasks):
             task.cancel()
+        self._spawn(self.store.close())
 
     def _rules_changed(self, compiled: Compiled) -> None:
         self.max_memory = compiled.gateway.cache.max_memory
