@@ -44,6 +44,15 @@ def flow_for(gw: GatewayContext):  # type: ignore[no-untyped-def]
     return flow
 
 
+async def until(condition, what: str) -> None:  # type: ignore[no-untyped-def]
+    """Let the other tasks run until `condition` holds (bounded: a few hundred loop turns)."""
+    for _ in range(500):
+        if condition():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError(f"never happened: {what}")
+
+
 async def run(steps, flow) -> None:  # type: ignore[no-untyped-def]
     for step in steps:
         if flow.response is not None:
@@ -63,7 +72,7 @@ async def test_followers_share_the_leaders_answer_and_a_hit_needs_no_await() -> 
     steps = (CacheLookup(gw, cache), CachedForward(gw, cache, provider))
     flows = [flow_for(gw) for _ in range(5)]
     tasks = [asyncio.ensure_future(run(steps, f)) for f in flows]
-    await asyncio.sleep(0.01)
+    await until(lambda: all(gw.call(f).cache is not None for f in flows), "every call looked up")
     assert provider.calls == 1 and len(cache.flights) == 1
     provider.release.set()
     await asyncio.gather(*tasks)
@@ -85,9 +94,10 @@ async def test_followers_of_a_leader_that_crashed_go_on_their_own() -> None:
     steps = (CacheLookup(gw, cache), CachedForward(gw, cache, provider))
     leader, follower = flow_for(gw), flow_for(gw)
     first = asyncio.ensure_future(run(steps, leader))
-    await asyncio.sleep(0.01)
+    await until(lambda: provider.calls == 1, "the leader at the provider")
     second = asyncio.ensure_future(run(steps, follower))
-    await asyncio.sleep(0.01)
+    await until(lambda: gw.call(follower).cache is not None, "the follower looked up")
+    assert gw.call(follower).cache.flight is not None  # type: ignore[union-attr]
     provider.release.set()
     await asyncio.gather(first, second)
     assert provider.calls == 2 and follower.response is not None and follower.response.status_code == 200
