@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from addons.cache.policy import CallCache
     from addons.rules.router import Route
 
 REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._-]{8,128}$")
@@ -52,6 +53,7 @@ class Call:
     raw: bool = False  # the caller gets the provider's body as it is
     headers: dict[str, str] = field(default_factory=dict)  # added to the caller's answer
     logged: bool = False
+    cache: CallCache | None = None  # set for calls of a method with a `cache:` block
 
     @property
     def rule(self) -> str:

@@ -17,6 +17,7 @@ if _ROOT not in sys.path:
 
 from addons.chain.accesslog import AccessLogger  # noqa: E402
 from addons.chain.admin import Admin  # noqa: E402
+from addons.chain.cache import Cache, CachedForward, CacheLookup  # noqa: E402
 from addons.chain.connections import ClientConnections  # noqa: E402
 from addons.chain.context import CallPipeline, GatewayContext  # noqa: E402
 from addons.chain.forward import Forward  # noqa: E402
@@ -30,12 +31,14 @@ from addons.chain.websocket import WebSockets  # noqa: E402
 from addons.chain.webview import HideProxyAuth, WebView  # noqa: E402
 
 gw = GatewayContext()
+cache = Cache(gw)  # the response cache: its lookup runs before Quota, its store around Forward
 # The per-call steps, in the order a call meets them (each also keeps its own CONNECT/header hooks):
 steps = (
     Identify(gw),      # which app: Proxy-Authorization (request or CONNECT), signature, address
     Route(gw),         # which service.method; allow lists; unmatched / unknown_hosts
+    CacheLookup(gw, cache),  # a cached copy, or a call in flight to share (kept out of per: service quotas)
     Quota(gw),         # every applicable quota admits the call, or 429 -2004
-    Forward(gw),       # credentials, signature, timeouts, retries, failover, envelope
+    CachedForward(gw, cache, Forward(gw)),  # hits answered; credentials, signature, retries, failover, envelope
 )
 rules = Rules(gw)
 watch = Watch(gw, rules)
@@ -44,6 +47,7 @@ addons = [
     HideProxyAuth(),   # mitmweb only: Proxy-Authorization kept out of the flow list until Identify reads it
     AccessLogger(gw),  # gateway_log; writes one line per call at its end (response/error hooks)
     State(gw),         # gateway_redis: memory or Redis state with the state_failure fallback
+    cache,             # the response cache's store (memory, or Redis with gateway_redis)
     rules,             # gateway_rules: load, validate, swap the rule set
     watch,             # reload on file change / SIGHUP / gateway.reload; gateway_rules_url feed
     Admin(gw, watch),  # gateway_admin: /metrics /healthz /readyz /status

@@ -30,6 +30,9 @@ class Metrics:
         self.reloads = Counter("gateway_rules_reloads_total", "Rule set loads, by result.", ["result"], registry=r)
         self.state_errors = Counter("gateway_state_errors_total",
                                     "State-store operations that failed (Redis unreachable).", registry=r)
+        self.cache_requests = Counter("gateway_cache_requests_total",
+                                      "Calls of cached methods, by how the cache answered (hit, miss, stale, bypass).",
+                                      ["service", "method", "result"], registry=r)
         self._children: dict[tuple[Any, ...], Any] = {}
         self._known_services: frozenset[str] = frozenset()
         self._known_methods: frozenset[str] = frozenset()
@@ -88,6 +91,10 @@ class Metrics:
 
     def token_refreshed(self, service: str, result: str) -> None:
         self._child(self.token_refreshes, self._label(service, self._known_services), result).inc()
+
+    def cache_result(self, service: str, method: str, result: str) -> None:
+        mth = method if f"{service}.{method}" in self._known_methods else "_"
+        self._child(self.cache_requests, self._label(service, self._known_services), mth, result).inc()
 
     def reloaded(self, result: str) -> None:
         self._child(self.reloads, result).inc()

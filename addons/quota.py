@@ -170,3 +170,9 @@ def admission_headers(admission: Admission, checks: Sequence[QuotaCheck], now: f
         return {}
     tightest = min(range(len(checks)), key=remaining.__getitem__)
     return ratelimit_headers(checks[tightest], remaining[tightest], now, refused=False)
+
+
+def per_app_only(checks: Sequence[QuotaCheck]) -> list[QuotaCheck]:
+    """The quotas of a call the provider never sees (a cache hit): the app's own, not `per: service`
+    ones, which protect the provider. Per-app keys are `app:...` or end in `|app:...`."""
+    return [c for c in checks if c.key.startswith("app:") or "|app:" in c.key]

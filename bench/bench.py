@@ -13,6 +13,7 @@ Everything runs on this machine, on 127.0.0.1 and free ports, and is stopped at 
   direct      wrk    straight to nginx
   bare        wrk    through bare mitmdump (no addons, same options as the gateway otherwise)
   gw-mem      wrk    through the gateway, in-memory state (``./run_proxy.sh``)
+  gw-cached   wrk    the gw-mem gateway, a method with a ``cache:`` block: every call a hit
   gw-redis    wrk    through the gateway with its own redis-server on a free port
   gw-workers  wrk    ``GATEWAY_WORKERS=2 GATEWAY_REDIS=...``: 2 mitmdump behind haproxy
   bare-https  hey    bare mitmdump, HTTPS through CONNECT (client trusts certs/ CA; upstream TLS)
@@ -75,25 +76,27 @@ CONFDIR = Path(os.environ.get("GATEWAY_CONFDIR") or ROOT / "certs")  # tests pas
 CA_CERT = CONFDIR / "mitmproxy-ca-cert.pem"
 BENCH_HOST = "bench.upstream.test"
 BENCH_PATH = "/bench"
+CACHED_PATH = "/cached"  # bench.cached: answered from the gateway's cache after the first call
 APP = "bench"
 EXIT_MISSING_TOOL = 77
 
-ALL_ROWS = ["direct", "bare", "gw-mem", "gw-redis", "gw-workers", "bare-https", "gw-https"]
+ALL_ROWS = ["direct", "bare", "gw-mem", "gw-cached", "gw-redis", "gw-workers", "bare-https", "gw-https"]
 LABELS = {
     "direct": "direct to nginx",
     "bare": "bare mitmdump",
     "gw-mem": "gateway, memory store",
+    "gw-cached": "gateway, memory, cache hits",
     "gw-redis": "gateway, Redis",
     "gw-workers": "gateway, 2 workers + haproxy, Redis",
     "bare-https": "bare mitmdump, HTTPS CONNECT",
     "gw-https": "gateway, memory, HTTPS CONNECT",
 }
 # Each measured row is compared with this one; gateway rows are measured right beside it.
-BASELINE = {"direct": "bare", "gw-mem": "bare", "gw-redis": "bare", "gw-workers": "bare",
+BASELINE = {"direct": "bare", "gw-mem": "bare", "gw-cached": "bare", "gw-redis": "bare", "gw-workers": "bare",
             "gw-https": "bare-https"}
-PAIRED = {"gw-mem", "gw-redis", "gw-workers", "gw-https"}
+PAIRED = {"gw-mem", "gw-cached", "gw-redis", "gw-workers", "gw-https"}
 # The process serving each row.
-SERVER_OF = {"direct": "nginx", "bare": "bare", "bare-https": "bare", "gw-mem": "gw-mem",
+SERVER_OF = {"direct": "nginx", "bare": "bare", "bare-https": "bare", "gw-mem": "gw-mem", "gw-cached": "gw-mem",
              "gw-redis": "gw-redis", "gw-workers": "gw-workers", "gw-https": "gw-mem"}
 GATEWAYS = ("gw-mem", "gw-redis", "gw-workers")
 
@@ -490,7 +493,8 @@ def load_for(row: str, stack: Stack) -> Load:
     if row == "gw-https":
         return Load("hey", gw.port, url=f"https://{BENCH_HOST}{BENCH_PATH}",
                     proxy=f"http://{APP}:{stack.app_secret}@127.0.0.1:{gw.port}")
-    return Load("wrk", gw.port, {"BENCH_PATH": f"http://{BENCH_HOST}{BENCH_PATH}", "BENCH_HOST": BENCH_HOST,
+    path = CACHED_PATH if row == "gw-cached" else BENCH_PATH
+    return Load("wrk", gw.port, {"BENCH_PATH": f"http://{BENCH_HOST}{path}", "BENCH_HOST": BENCH_HOST,
                                  "BENCH_AUTH": stack.proxy_auth})
 
 
@@ -621,7 +625,8 @@ def schedule(rows: list[str], rounds: int) -> list[tuple[int, int | None, str]]:
         pair = 0
         if "direct" in rows:
             plan.append((r, None, "direct"))
-        for base, members in (("bare", ["gw-mem", "gw-redis", "gw-workers"]), ("bare-https", ["gw-https"])):
+        for base, members in (("bare", ["gw-mem", "gw-cached", "gw-redis", "gw-workers"]),
+                              ("bare-https", ["gw-https"])):
             chosen = [m for m in members if m in rows]
             if not chosen and base in rows:
                 plan.append((r, None, base))
@@ -755,9 +760,11 @@ def check_gateways(stack: Stack) -> list[str]:
             try:
                 entry = json.loads(last)
                 gw.checks["last_log_entry"] = {k: entry.get(k) for k in ("app", "service", "method", "code", "status")}
-                if (entry.get("app"), entry.get("service"), entry.get("method")) != (APP, "bench", "ping"):
+                # bench.cached: the gw-cached row, served by the gw-mem gateway.
+                if (entry.get("app"), entry.get("service")) != (APP, "bench") or \
+                        entry.get("method") not in ("ping", "cached"):
                     problems.append(f"{gw.name}: last log line names {gw.checks['last_log_entry']}, "
-                                    "not app bench, service bench, method ping")
+                                    "not app bench, service bench, method ping or cached")
             except ValueError:
                 problems.append(f"{gw.name}: the access log's last line is not JSON: {last[:200]!r}")
         counted = 0.0

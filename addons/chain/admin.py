@@ -174,6 +174,9 @@ class Admin:
         app.router.add_get("/readyz", self.readyz)
         app.router.add_get("/status", self.status)
         app.router.add_get("/", self.index)
+        if self.gw.cache is not None:
+            app.router.add_delete("/cache/{service}", self.gw.cache.purge_request)
+            app.router.add_delete("/cache/{service}/{method}", self.gw.cache.purge_request)
         # No access log: scrapers hit /metrics every few seconds and would drown the gateway's log.
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
@@ -237,6 +240,8 @@ class Admin:
     async def status(self, _request: web.Request) -> web.Response:
         try:
             document = self.status_document()
+            if self.gw.cache is not None:
+                document["cache"] = await self.gw.cache.status()
         except Exception as exc:  # never a traceback (which may quote data) on the page
             log.error("gateway: /status failed: %s", type(exc).__name__, exc_info=log.isEnabledFor(logging.DEBUG))
             return _json({"error": f"status unavailable ({type(exc).__name__})"}, 500)

@@ -23,6 +23,7 @@ from addons.redact import Redactor
 
 if TYPE_CHECKING:
     from addons.accesslog import AccessLog
+    from addons.chain.cache import Cache
     from addons.runtime import Compiled
     from addons.state.base import StateStore
     from addons.upstream.health import HealthRegistry
@@ -42,6 +43,7 @@ class GatewayContext:
         self.access_log: AccessLog | None = None
         self.session: aiohttp.ClientSession | None = None
         self.health: HealthRegistry | None = None
+        self.cache: Cache | None = None  # the response cache (SPEC 13), set by the Cache addon
         self.started = time.time()
         self.last_reload_error: list[str] = []
         self.last_reload_at: float | None = None

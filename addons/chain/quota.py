@@ -9,7 +9,7 @@ from mitmproxy import http
 
 from addons.chain.context import GatewayContext, fail
 from addons.errors import Code, GatewayError
-from addons.quota import admission_headers
+from addons.quota import admission_headers, per_app_only
 from addons.state.base import Admission, QuotaCheck, StateUnavailable
 from addons.state.memory import MemoryStore
 
@@ -26,6 +26,8 @@ class Quota:
             return None
         now = time.time()
         checks = compiled.quotas(call.app, call.route, now)
+        if call.cache is not None and call.cache.spares_provider:
+            checks = per_app_only(checks)
         if not checks:
             return None
         if isinstance(store, MemoryStore):

@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, Field, field_validator, model_validator
 
+from addons.cache.schema import CacheSpec, GatewayCacheSpec
 from addons.credentials.schema import CredentialsSpec, NoCredentials
 from addons.rules.fields import Duration, FileText, Model, Name, RateField, Secret, TimeZone
 from addons.signing.schema import SigningSpec
@@ -142,6 +143,7 @@ class MethodSpec(Model):
     path: Path
     quota: list[QuotaSpec] = []
     timeout: Duration | None = None  # overrides upstream.timeout for this method
+    cache: CacheSpec | None = None  # replaces the service's `cache:` for this method (SPEC 13)
 
 
 class ServiceSpec(Model):
@@ -155,6 +157,7 @@ class ServiceSpec(Model):
     quota: list[QuotaSpec] = []
     health: HealthSpec | None = None
     fallback: FallbackSpec | None = None
+    cache: CacheSpec | None = None  # SPEC 13
     methods: dict[Name, MethodSpec] = {}
     unmatched: Literal["allow", "deny"] = "allow"
 
@@ -234,6 +237,7 @@ class GatewaySpec(Model):
     # headers must be complete within header_timeout (slowloris).
     client_idle: Annotated[Duration, Field(gt=0)] = 60.0
     header_timeout: Annotated[Duration, Field(gt=0)] = 10.0
+    cache: GatewayCacheSpec = GatewayCacheSpec()
 
 
 class AppsFile(Model):
