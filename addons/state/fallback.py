@@ -145,7 +145,9 @@ class FallbackStore:
         self.since = time.time()
         if problem is not None:
             self.last_error = problem
-            log.error("state store: gateway_redis %s cannot be used: %s; calls with quotas or nonces "
+            # A warning, not an error: mitmdump exits on an error logged while it starts, and the
+            # instance should stay up (not ready) and recover by itself once the mistake is fixed.
+            log.warning("state store: gateway_redis %s cannot be used: %s; calls with quotas or nonces "
                       "are refused until it is fixed", self.shared.url, problem)
         elif previous is not None:
             self.available = True

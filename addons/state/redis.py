@@ -143,7 +143,7 @@ class StateMisconfigured(StateUnavailable):
     misconfigured = True
 
 
-_TRANSIENT = (RedisError, OSError, TimeoutError)
+_TRANSIENT = (RedisError, RedisClusterException, OSError, TimeoutError)
 
 
 def _chain(exc: BaseException) -> list[BaseException]:
