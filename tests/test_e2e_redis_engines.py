@@ -290,3 +290,80 @@ def test_a_sentinel_without_that_master_is_named_at_start(tmp_path: Path, confdi
         assert_named(gw, "no Sentinel monitors a master named 'nosuch'")
     finally:
         sentinel.stop()
+
+
+# -- one Redis that returns, or stalls (SPEC 18) ---------------------------------------------------
+
+def single_redis_gateway(tmp_path: Path, confdir: Path, fake: FakeProvider, server: Server,
+                         gateways: list[Gateway]) -> Gateway:
+    serve_all(fake, "alpha", "zeta")
+    rules = write_rules(tmp_path / "rules", {
+        "alpha.yaml": service("alpha", fake, "[{limit: 20/hour, per: service}]"),
+        "zeta.yaml": service("zeta", fake, "[{limit: 100000/hour, per: service}]"),
+        "apps.yaml": apps_file(),
+    })
+    gw = Gateway(rules, confdir, redis=f"redis://127.0.0.1:{server.port}/0").start()
+    gateways.append(gw)
+    return gw
+
+
+def test_a_restarted_redis_is_exact_at_once(tmp_path: Path, confdir: Path, fake: FakeProvider,
+                                             gateways: list[Gateway]) -> None:
+    """The pool's connections all died with the old process: the first failure drops them all, so
+    the store does not flap between reachable and unreachable while they are used up one by one."""
+    server = Server(tmp_path / "redis").start()
+    try:
+        gw = single_redis_gateway(tmp_path, confdir, fake, server, gateways)
+        clear_of_window_edge(3600, 60)
+        warm = burst([(gw, "app-a", "http://api.zeta.test/m1")] * 16)  # every pooled connection in use
+        assert all(r.status_code == 200 and "X-Gateway-Degraded" not in r.headers for r in warm)
+        server.stop()
+        server.start()  # same port, no data: the old counts are gone with the process
+
+        def back() -> bool:
+            r = requests.get("http://api.zeta.test/m1", proxies=gw.proxies("app-a", APPS["app-a"]), timeout=10)
+            return r.status_code == 200 and "X-Gateway-Degraded" not in r.headers
+        wait_until(back, 10, interval=0.1, what="the gateway back on Redis")
+
+        # From the first call Redis served: exact, and never degraded again.
+        responses = burst([(gw, "app-a", "http://api.alpha.test/m1")] * 40)
+        assert not any("X-Gateway-Degraded" in r.headers for r in responses)
+        assert sorted(r.status_code for r in responses) == [200] * 20 + [429] * 20
+        later = [requests.get("http://api.zeta.test/m2", proxies=gw.proxies("app-b", APPS["app-b"]), timeout=10)
+                 for _ in range(30)]
+        assert not any("X-Gateway-Degraded" in r.headers for r in later)
+        assert state_status(gw)["available"] is True
+    finally:
+        server.stop()
+
+
+def test_a_stopped_redis_costs_a_call_at_most_the_redis_timeout(tmp_path: Path, confdir: Path,
+                                                                 fake: FakeProvider, gateways: list[Gateway]) -> None:
+    """SIGSTOP: connections stay open and nothing answers. 30 calls at once queue for 8 pooled
+    connections; each is decided locally (degraded) within the documented 2 s, wait included."""
+    server = Server(tmp_path / "redis").start()
+    try:
+        gw = single_redis_gateway(tmp_path, confdir, fake, server, gateways)
+        warm = burst([(gw, "app-a", "http://api.zeta.test/m1")] * 16)  # every pooled connection in use
+        assert all(r.status_code == 200 for r in warm)
+        server.pause()
+
+        def timed(i: int) -> tuple[float, requests.Response]:
+            started = time.monotonic()
+            r = requests.get("http://api.zeta.test/m2", proxies=gw.proxies("app-a", APPS["app-a"]),
+                             headers={"X-Request-ID": f"stalled-{i:03d}"}, timeout=15)
+            return time.monotonic() - started, r
+
+        with ThreadPoolExecutor(30) as pool:
+            results = list(pool.map(timed, range(30)))
+        assert all(r.status_code == 200 and r.headers.get("X-Gateway-Degraded") == "state" for _, r in results)
+        assert len(fake.hits("/zeta/m2")) == 30
+        # What the gateway spent on each call apart from the provider: the wait for Redis.
+        lines = [gw.log_for(f"stalled-{i:03d}") for i in range(30)]
+        waited = max(line["latency_ms"] - (line["upstream_ms"] or 0) for line in lines) / 1000
+        assert waited <= 2.3, f"a call waited {waited:.2f}s for a stopped Redis (timeout 2 s)"
+        # And as the callers saw it: the timeout plus the time to get through one loaded process.
+        slowest = max(elapsed for elapsed, _ in results)
+        assert slowest < 3.2, f"slowest call took {slowest:.2f}s"
+    finally:
+        server.stop()

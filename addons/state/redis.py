@@ -273,10 +273,13 @@ class RedisStore:
         Redis closed them all): using them one by one made the store flap between reachable and
         unreachable for minutes, each flap a few calls decided locally. (The cluster client does
         the same per node by itself.)"""
-        if self._pool is None or not isinstance(exc, (RedisConnectionError, OSError, TimeoutError)):
+        # Not on a timeout: a stalled server's connections are not known to be dead, and closing
+        # them could wait on it.
+        if self._pool is None or not isinstance(exc, (RedisConnectionError, ConnectionError)):
             return
         try:
-            await self._pool.disconnect(inuse_connections=False)
+            async with asyncio.timeout(self.connect_timeout):
+                await self._pool.disconnect(inuse_connections=False)
         except Exception:  # closing dead sockets must not turn into another failure
             pass
 
