@@ -93,6 +93,25 @@ async def test_cluster_admission_is_all_or_nothing_across_slots(clean_cluster: C
         await store.close()
 
 
+async def test_nonces_values_and_locks_on_a_cluster(clean_cluster: Cluster) -> None:
+    first, second = RedisStore(clean_cluster.url, timeout=2.0), RedisStore(clean_cluster.url, timeout=2.0)
+    try:
+        nonces = [f"nonce:app-a:{i}" for i in range(20)]
+        seen = await asyncio.gather(*(s.first_use(n, 60) for s in (first, second) for n in nonces))
+        assert sum(seen) == 20  # each nonce once, whichever instance sees it first
+        token = await first.acquire("refresh:wechat", 5)
+        assert token is not None and await second.acquire("refresh:wechat", 5) is None
+        await second.set("token:wechat", b"t-1", 60)
+        assert await first.get("token:wechat") == b"t-1"
+        await first.release("refresh:wechat", token)
+        assert await second.acquire("refresh:wechat", 5) is not None
+        keys = clean_cluster.keys("gw:n:*")
+        assert sum(len(k) for k in keys.values()) == 20 and sum(1 for k in keys.values() if k) >= 2, keys
+    finally:
+        await first.close()
+        await second.close()
+
+
 def test_two_gateways_on_a_cluster_admit_exactly_the_quotas(tmp_path: Path, confdir: Path, fake: FakeProvider,
                                                             clean_cluster: Cluster,
                                                             gateways: list[Gateway]) -> None:

@@ -199,6 +199,7 @@ class RedisStore:
         # 40,000 calls a second). redis-py's cluster and sentinel pools raise instead of waiting
         # when full, so the waiting is this semaphore's, for every engine alike.
         self._slots = asyncio.Semaphore(max_connections)
+        self._discovery = asyncio.Lock()
         common: dict[str, Any] = {
             "socket_timeout": timeout,
             "socket_connect_timeout": self.connect_timeout,
@@ -257,6 +258,12 @@ class RedisStore:
         """Run one operation (a zero-argument coroutine function) within the deadline."""
         try:
             async with asyncio.timeout(self._deadline):
+                if self.kind == "cluster" and getattr(self._client, "_initialize", False):
+                    # Discover the cluster once, not from every call that finds it undiscovered
+                    # (concurrent discoveries were seen to break each other's connections).
+                    async with self._discovery:
+                        if getattr(self._client, "_initialize", False):
+                            await self._client.initialize()
                 async with self._slots:
                     return await what()
         except _TRANSIENT as exc:
