@@ -651,7 +651,8 @@ def schedule(rows: list[str], rounds: int) -> list[tuple[int, int | None, str]]:
         pair = 0
         if "direct" in rows:
             plan.append((r, None, "direct"))
-        for base, members in (("bare", ["gw-mem", "gw-redis", "gw-cluster", "gw-workers"]), ("bare-https", ["gw-https"])):
+        for base, members in (("bare", ["gw-mem", "gw-redis", "gw-cluster", "gw-workers"]),
+                              ("bare-https", ["gw-https"])):
             chosen = [m for m in members if m in rows]
             if not chosen and base in rows:
                 plan.append((r, None, base))

@@ -200,6 +200,7 @@ class RedisStore:
         # when full, so the waiting is this semaphore's, for every engine alike.
         self._slots = asyncio.Semaphore(max_connections)
         self._discovery = asyncio.Lock()
+        self._background: set[asyncio.Task[None]] = set()
         common: dict[str, Any] = {
             "socket_timeout": timeout,
             "socket_connect_timeout": self.connect_timeout,
@@ -344,7 +345,9 @@ class RedisStore:
             # waiting for it. What cannot be given back stays counted until its window ends: the
             # fleet then admits less, never more.
             if taken:
-                asyncio.get_running_loop().create_task(self._give_back_quietly(keys, taken))
+                task = asyncio.get_running_loop().create_task(self._give_back_quietly(keys, taken))
+                self._background.add(task)  # referenced until done, or the loop may drop it
+                task.add_done_callback(self._background.discard)
             raise
         return Admission(True, None, tuple(remaining))
 
