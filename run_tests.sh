@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # From a fresh clone to a green test run: Python >= 3.12 venv, the project with its test extras,
-# redis-server for the quota tests, then ruff and pytest. Arguments go to pytest.
+# redis-server, redis-cli and redis-sentinel for the quota and Redis engine tests, then ruff and
+# pytest. Arguments go to pytest.
 set -euo pipefail
 source "$(dirname "$0")/scripts/env.sh"
 cd "$GW_ROOT"
 gw_ensure_venv test
 gw_apt_ensure redis-server redis-server || gw_log "gateway: redis-server unavailable; Redis tests will be skipped"
+gw_apt_ensure redis-cli redis-tools || gw_log "gateway: redis-cli unavailable; Redis Cluster tests will be skipped"
+gw_apt_ensure redis-sentinel redis-sentinel || gw_log "gateway: redis-sentinel unavailable (Sentinel tests run redis-server --sentinel)"
 gw_apt_ensure haproxy haproxy || gw_log "gateway: haproxy unavailable; GATEWAY_WORKERS tests will be skipped"
 gw_apt_ensure curl curl || true
 "$GW_PY" -m ruff check addons gateway_client tests bench

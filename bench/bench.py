@@ -15,6 +15,7 @@ Everything runs on this machine, on 127.0.0.1 and free ports, and is stopped at 
   gw-mem      wrk    through the gateway, in-memory state (``./run_proxy.sh``)
   gw-cached   wrk    the gw-mem gateway, a method with a ``cache:`` block: every call a hit
   gw-redis    wrk    through the gateway with its own redis-server on a free port
+  gw-cluster  wrk    through the gateway on its own 3-master Redis Cluster (``redis+cluster://``)
   gw-workers  wrk    ``GATEWAY_WORKERS=2 GATEWAY_REDIS=...``: 2 mitmdump behind haproxy
   bare-https  hey    bare mitmdump, HTTPS through CONNECT (client trusts certs/ CA; upstream TLS)
   gw-https    hey    the gateway (memory store), HTTPS through CONNECT to bench.upstream.test
@@ -80,25 +81,28 @@ CACHED_PATH = "/cached"  # bench.cached: answered from the gateway's cache after
 APP = "bench"
 EXIT_MISSING_TOOL = 77
 
-ALL_ROWS = ["direct", "bare", "gw-mem", "gw-cached", "gw-redis", "gw-workers", "bare-https", "gw-https"]
+ALL_ROWS = ["direct", "bare", "gw-mem", "gw-cached", "gw-redis", "gw-cluster", "gw-workers", "bare-https",
+            "gw-https"]
 LABELS = {
     "direct": "direct to nginx",
     "bare": "bare mitmdump",
     "gw-mem": "gateway, memory store",
     "gw-cached": "gateway, memory, cache hits",
     "gw-redis": "gateway, Redis",
+    "gw-cluster": "gateway, Redis Cluster (3 masters)",
     "gw-workers": "gateway, 2 workers + haproxy, Redis",
     "bare-https": "bare mitmdump, HTTPS CONNECT",
     "gw-https": "gateway, memory, HTTPS CONNECT",
 }
 # Each measured row is compared with this one; gateway rows are measured right beside it.
-BASELINE = {"direct": "bare", "gw-mem": "bare", "gw-cached": "bare", "gw-redis": "bare", "gw-workers": "bare",
+BASELINE = {"direct": "bare", "gw-mem": "bare", "gw-cached": "bare", "gw-redis": "bare", "gw-cluster": "bare",
+            "gw-workers": "bare",
             "gw-https": "bare-https"}
-PAIRED = {"gw-mem", "gw-cached", "gw-redis", "gw-workers", "gw-https"}
+PAIRED = {"gw-mem", "gw-cached", "gw-redis", "gw-cluster", "gw-workers", "gw-https"}
 # The process serving each row.
 SERVER_OF = {"direct": "nginx", "bare": "bare", "bare-https": "bare", "gw-mem": "gw-mem", "gw-cached": "gw-mem",
-             "gw-redis": "gw-redis", "gw-workers": "gw-workers", "gw-https": "gw-mem"}
-GATEWAYS = ("gw-mem", "gw-redis", "gw-workers")
+             "gw-redis": "gw-redis", "gw-cluster": "gw-cluster", "gw-workers": "gw-workers", "gw-https": "gw-mem"}
+GATEWAYS = ("gw-mem", "gw-redis", "gw-cluster", "gw-workers")
 
 
 class BenchError(Exception):
@@ -240,6 +244,7 @@ class Stack:
         self.tls_port = 0
         self.bare_port = 0
         self.redis_port = 0
+        self.cluster_ports: list[int] = []
         self.gateways: dict[str, Gateway] = {}
         self.failed: dict[str, str] = {}  # server name -> why it is not available
 
@@ -253,14 +258,16 @@ class Stack:
 
     def start(self, servers: set[str]) -> None:
         self._start_nginx()  # every row needs it: a failure here ends the run
-        for name, starter in (("bare", self._start_bare), ("redis", self._start_redis)):
+        for name, starter in (("bare", self._start_bare), ("redis", self._start_redis),
+                              ("cluster", self._start_cluster)):
             if name in servers:
                 self._try(name, starter)
         for name in GATEWAYS:
             if name not in servers:
                 continue
-            if name != "gw-mem" and "redis" in self.failed:
-                self.failed[name] = f"redis-server: {self.failed['redis']}"
+            store = "cluster" if name == "gw-cluster" else "redis"
+            if name != "gw-mem" and store in self.failed:
+                self.failed[name] = f"redis-server: {self.failed[store]}"
                 continue
             self._try(name, lambda name=name: self._start_gateway(name))
 
@@ -303,6 +310,30 @@ class Stack:
                                    "--save", "", "--appendonly", "no", "--dir", str(self.workdir)], log=log)
         self.procs.wait_port("redis", self.redis_port, 15, log)
 
+    def _start_cluster(self) -> None:
+        """Three masters on free ports, all slots assigned by `redis-cli --cluster create`."""
+        redis, cli = need("redis-server"), need("redis-cli")
+        self.cluster_ports = [free_port() for _ in range(3)]
+        for i, port in enumerate(self.cluster_ports):
+            node = self.workdir / f"cluster{i}"
+            node.mkdir(exist_ok=True)
+            log = self.workdir / f"cluster{i}.out"
+            self.procs.start(f"cluster{i}", [redis, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                                             "--appendonly", "no", "--dir", str(node), "--cluster-enabled", "yes",
+                                             "--cluster-port", str(free_port())], log=log)
+            self.procs.wait_port(f"cluster{i}", port, 15, log)
+        create = subprocess.run([cli, "--cluster", "create", *(f"127.0.0.1:{p}" for p in self.cluster_ports),
+                                 "--cluster-replicas", "0", "--cluster-yes"], capture_output=True, timeout=60)
+        if create.returncode != 0:
+            raise BenchError(f"redis-cli --cluster create failed: {create.stdout[-300:]!r}")
+        deadline = time.monotonic() + 30
+        for port in self.cluster_ports:
+            while b"cluster_state:ok" not in subprocess.run([cli, "-p", str(port), "CLUSTER", "INFO"],
+                                                            capture_output=True, timeout=10).stdout:
+                if time.monotonic() > deadline:
+                    raise BenchError(f"cluster node {port} never reached cluster_state:ok")
+                time.sleep(0.1)
+
     def _mitm_common(self) -> list[str]:
         # The options run_proxy.sh gives the gateway, less the chain itself.
         return ["--set", f"confdir={CONFDIR}", "--set", "connection_strategy=lazy",
@@ -343,6 +374,8 @@ class Stack:
         env.pop("GATEWAY_UI", None)
         if name == "gw-mem":
             env.pop("GATEWAY_REDIS", None)
+        elif name == "gw-cluster":
+            env["GATEWAY_REDIS"] = "redis+cluster://" + ",".join(f"127.0.0.1:{p}" for p in self.cluster_ports)
         else:
             env["GATEWAY_REDIS"] = f"redis://127.0.0.1:{self.redis_port}/{1 if name == 'gw-workers' else 0}"
         self.procs.start(name, [str(ROOT / "run_proxy.sh"), "--set", "termlog_verbosity=warn"], env=env, log=out)
@@ -625,7 +658,7 @@ def schedule(rows: list[str], rounds: int) -> list[tuple[int, int | None, str]]:
         pair = 0
         if "direct" in rows:
             plan.append((r, None, "direct"))
-        for base, members in (("bare", ["gw-mem", "gw-cached", "gw-redis", "gw-workers"]),
+        for base, members in (("bare", ["gw-mem", "gw-cached", "gw-redis", "gw-cluster", "gw-workers"]),
                               ("bare-https", ["gw-https"])):
             chosen = [m for m in members if m in rows]
             if not chosen and base in rows:
@@ -887,6 +920,8 @@ def main(argv: list[str] | None = None) -> int:
         servers.add(args.soak_row)
     if servers & {"gw-redis", "gw-workers"}:
         servers.add("redis")
+    if "gw-cluster" in servers:
+        servers.add("cluster")
     stack = Stack(procs, workdir, bin_dir, args.workers)
     soak_result: dict[str, Any] | None = None
     problems: list[str] = []

@@ -230,7 +230,7 @@ async def test_two_instances_admit_exactly_the_limit(redis_url: str) -> None:
         assert sum(r.admitted for r in results) == 50
         assert {r.remaining for r in results if not r.admitted} == {(0,)}
         # Refused calls were not counted: the counter holds exactly the admitted calls.
-        key = f"gw:q:svc:shared:3600:{check.window_start(now)}"
+        key = f"gw:q:{{s:shared}}svc:shared:3600:{check.window_start(now)}"
         assert await raw_int(redis_url, key) == 50
     finally:
         await first.close()
@@ -244,7 +244,7 @@ async def test_counter_expires_with_its_window(redis_url: str) -> None:
         now = time.time()
         check = QuotaCheck("svc:ttl", 5, 60)
         await store.admit([check], now)
-        key = f"t1:q:svc:ttl:60:{check.window_start(now)}"
+        key = f"t1:q:{{s:ttl}}svc:ttl:60:{check.window_start(now)}"
         ttl_ms = await client.pttl(key)
         to_window_end_ms = (check.window_start(now) + 60 - time.time()) * 1000
         # The window's rest plus a grace of 2 s for instances whose clock runs behind.

@@ -254,6 +254,11 @@ class Admin:
             return False, "no rules loaded"
         if self.watch is not None and not self.watch.remote_settled():
             return False, "no remote rules yet: gateway_rules_url has not answered and no saved copy exists"
+        state = _store_status(self.gw.store) or {}
+        if state.get("misconfigured"):  # a URL that cannot work is not an outage to ride out (SPEC 15)
+            return False, f"gateway_redis cannot be used: {state['misconfigured']}"
+        if state.get("checked") is False:
+            return False, "checking gateway_redis"
         return True, ""
 
     def degraded(self) -> list[str]:

@@ -97,8 +97,11 @@ class Identify:
         self.gw.compiled.apps.verify_signature(signed, request.method, path, request.raw_content or b"", time.time())
         try:
             first = await self.gw.store.first_use(f"nonce:{signed.app}:{signed.nonce}", NONCE_TTL)
-        except StateUnavailable:
-            # state_failure: closed and Redis down (the store logged the outage once).
-            raise GatewayError(Code.GATEWAY_INTERNAL, "nonce store unavailable (state_failure: closed)") from None
+        except StateUnavailable as exc:
+            # state_failure: closed and Redis down (the store logged the outage once), or a
+            # gateway_redis that cannot work (named in /status).
+            why = "gateway_redis misconfigured, see /status" if getattr(exc, "misconfigured", False) \
+                else "state_failure: closed"
+            raise GatewayError(Code.GATEWAY_INTERNAL, f"nonce store unavailable ({why})") from None
         if not first:
             raise GatewayError(Code.CALLER_SIGNATURE, "request replayed (nonce already used)")

@@ -43,8 +43,9 @@ class Quota:
             admission = await self.gw.store.admit(checks, now)
         except StateUnavailable as exc:
             call.error = f"state store unavailable: {exc}"
-            fail(flow, call, GatewayError(Code.GATEWAY_INTERNAL, "quota state unavailable (state_failure: closed)"),
-                 call.rule)
+            why = ("gateway_redis misconfigured, see /status" if getattr(exc, "misconfigured", False)
+                   else "state_failure: closed")
+            fail(flow, call, GatewayError(Code.GATEWAY_INTERNAL, f"quota state unavailable ({why})"), call.rule)
             return
         self._decide(flow, checks, admission, now)
 

@@ -15,7 +15,7 @@ from addons.runtime import Compiled
 from addons.state.base import StateUnavailable
 from addons.state.fallback import FallbackStore
 from addons.state.memory import MemoryStore
-from addons.state.redis import RedisStore, redact_url
+from addons.state.redis import RedisStore, StateMisconfigured, redact_url
 
 log = logging.getLogger("gateway")
 
@@ -36,6 +36,8 @@ REDIS_CONNECT_TIMEOUT = 1.0
 # The pool's size, given here so _warm_up opens every connection: a few connections carry all the
 # round trips one Python process can make (a burst of 400 calls over two instances stayed exact).
 REDIS_CONNECTIONS = 8
+# How often a URL that could not be verified (unreachable at start, or misconfigured) is tried again.
+VERIFY_INTERVAL = 1.0
 
 
 class State:
@@ -46,7 +48,9 @@ class State:
 
     def load(self, loader) -> None:  # type: ignore[no-untyped-def]
         loader.add_option("gateway_redis", str, "",
-                          "redis:// URL of the shared state store (quotas, tokens, nonces); empty: in memory.")
+                          "Shared state store (quotas, tokens, nonces): redis://, rediss://, "
+                          "redis+cluster://h1:p1,h2:p2 or redis+sentinel://h1:p1,h2:p2/MASTER; "
+                          "empty: in memory.")
 
     def configure(self, updated: set[str]) -> None:
         if "gateway_redis" not in updated:
@@ -56,13 +60,14 @@ class State:
         if not url:
             self.gw.store = MemoryStore()
         else:
-            if not url.startswith(("redis://", "rediss://", "unix://")):
-                raise exceptions.OptionsError(f"gateway_redis must be a redis:// URL, got {redact_url(url)!r}")
             # Before the first rules load (the State addon configures first) the defaults apply;
             # _rules_changed sets the configured policy and instances as soon as the rules are in.
             gateway = self.gw.compiled.gateway if self.gw.compiled else None
-            shared = RedisStore(url, timeout=REDIS_TIMEOUT, connect_timeout=REDIS_CONNECT_TIMEOUT,
-                                max_connections=REDIS_CONNECTIONS)
+            try:
+                shared = RedisStore(url, timeout=REDIS_TIMEOUT, connect_timeout=REDIS_CONNECT_TIMEOUT,
+                                    max_connections=REDIS_CONNECTIONS)
+            except ValueError as exc:
+                raise exceptions.OptionsError(f"{exc} (got {redact_url(url)!r})") from None
             # FallbackStore logs the outage and the recovery itself, once per transition; the
             # metric counts every call that Redis did not serve.
             self.gw.store = FallbackStore(
@@ -71,8 +76,8 @@ class State:
                 instances=gateway.instances if gateway else 1,
                 on_error=self.gw.metrics.state_error,
             )
-            log.info("gateway: shared state in Redis at %s", redact_url(url))
-            self._spawn(self._warm_up(shared))
+            log.info("gateway: shared state in Redis (%s) at %s", shared.kind, shared.url)
+            self._spawn(self._verify(self.gw.store))
         if old is not None:
             self._spawn(old.close())
 
@@ -81,15 +86,45 @@ class State:
         if isinstance(store, FallbackStore):
             store.configure(policy=compiled.gateway.state_failure, instances=compiled.gateway.instances)
 
+    async def _verify(self, store: FallbackStore) -> None:
+        """Tell a usable URL from a misconfigured one at start (SPEC 15), and keep trying while it is
+        unreachable or misconfigured: the instance is not ready while misconfigured, and becomes
+        usable as soon as the mistake is fixed (a password set on the server, a certificate renewed)."""
+        shared = store.shared
+        while True:
+            try:
+                await shared.verify()
+            except StateMisconfigured as exc:
+                store.misconfigure(str(exc))
+            except StateUnavailable as exc:
+                # An outage, not a mistake: the first call that needs Redis reports it once.
+                log.debug("gateway: Redis not reachable at start: %s", exc)
+            else:
+                store.misconfigure(None)
+                store.checked = True
+                await self._warm_up(shared)
+                await self._watch(store)
+                return
+            store.checked = True
+            await asyncio.sleep(VERIFY_INTERVAL)
+
+    async def _watch(self, store: FallbackStore) -> None:
+        """After start, a call may find the URL misconfigured (a password changed on the server):
+        verify again until it works."""
+        while True:
+            await asyncio.sleep(VERIFY_INTERVAL)
+            if store.misconfigured is None:
+                continue
+            try:
+                await store.shared.verify()
+            except StateUnavailable:
+                continue
+            store.misconfigure(None)
+
     async def _warm_up(self, shared: RedisStore) -> None:
         """Open the pool's connections now, while the loop is idle, instead of during the first burst
         of calls, where each handshake is a few more round trips exposed to the loop's delays."""
-        results = await asyncio.gather(*(shared.ping() for _ in range(REDIS_CONNECTIONS)),
-                                       return_exceptions=True)
-        failed = [r for r in results if isinstance(r, StateUnavailable)]
-        if failed:
-            # Not an outage report: the first call that needs Redis finds out and reports it once.
-            log.debug("gateway: Redis not reachable at start: %s", failed[0])
+        await asyncio.gather(*(shared.ping() for _ in range(REDIS_CONNECTIONS)), return_exceptions=True)
 
     def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
         try:

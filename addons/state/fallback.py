@@ -14,6 +14,12 @@ While Redis answers, every decision is Redis's (exact across the fleet). When it
   succeeds resumes exact counting.
 
 `policy` and `instances` may be changed at any time (rules reload); the local counters are kept.
+
+A misconfigured URL (`misconfigure()`, or a StateMisconfigured from Redis: a wrong password, TLS
+that does not verify, the wrong engine) is not an outage: nothing is decided locally in its name.
+Quotas and nonces are refused (StateMisconfigured, -3002) until the configuration works; cached
+values and locks stay local as in an outage. `checked` is False until the first `verify` of the URL
+has told usable, misconfigured or unreachable apart (the instance is not ready before).
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from typing import Literal
 
 from addons.state.base import Admission, QuotaCheck, StateUnavailable
 from addons.state.memory import MemoryStore
-from addons.state.redis import RedisStore
+from addons.state.redis import RedisStore, StateMisconfigured
 
 log = logging.getLogger("gateway.state")
 
@@ -73,6 +79,8 @@ class FallbackStore:
         self.last_error: str | None = None
         self.since = time.time()  # wall time of the last change of `available`
         self._retry_at = 0.0  # clock() after which the next call may probe a dead Redis
+        self.misconfigured: str | None = None  # what is wrong with gateway_redis, while it is
+        self.checked = False  # the URL was verified once (usable, misconfigured or unreachable)
 
     # -- runtime settings (rules reload) -------------------------------------------------------
 
@@ -107,6 +115,9 @@ class FallbackStore:
 
     def _try_shared(self) -> bool:
         """Whether this call should go to Redis; False means serve it locally right away."""
+        if self.misconfigured is not None:
+            self._count_error()
+            return False
         if self.available:
             return True
         now = self._clock()
@@ -126,7 +137,27 @@ class FallbackStore:
             except Exception:  # a metrics hook must never fail a call
                 log.exception("state store: on_error hook failed")
 
+    def misconfigure(self, problem: str | None) -> None:
+        """Mark gateway_redis as unusable (`problem`, a sentence) or, with None, usable again."""
+        if problem == self.misconfigured:
+            return
+        previous, self.misconfigured = self.misconfigured, problem
+        self.since = time.time()
+        if problem is not None:
+            self.last_error = problem
+            # A warning, not an error: mitmdump exits on an error logged while it starts, and the
+            # instance should stay up (not ready) and recover by itself once the mistake is fixed.
+            log.warning("state store: gateway_redis %s cannot be used: %s; calls with quotas or nonces "
+                      "are refused until it is fixed", self.shared.url, problem)
+        elif previous is not None:
+            self.available = True
+            log.warning("state store: gateway_redis %s works now, shared counting started", self.shared.url)
+
     def _failed(self, exc: StateUnavailable) -> None:
+        if isinstance(exc, StateMisconfigured):
+            self._count_error()
+            self.misconfigure(str(exc))
+            return
         self._count_error()
         message = str(exc) or "unavailable"
         self.last_error = message
@@ -157,6 +188,8 @@ class FallbackStore:
                 log.exception("state store: on_state_change hook failed")
 
     def _unavailable(self) -> StateUnavailable:
+        if self.misconfigured is not None:
+            return StateMisconfigured(self.misconfigured)
         return StateUnavailable(self.last_error or "redis: unavailable")
 
     # -- quotas --------------------------------------------------------------------------------
@@ -170,7 +203,7 @@ class FallbackStore:
             else:
                 self._succeeded()
                 return admission
-        if self._policy == "closed":
+        if self._policy == "closed" or self.misconfigured is not None:
             raise self._unavailable()
         return self._admit_locally(checks, now)
 
@@ -199,7 +232,7 @@ class FallbackStore:
             else:
                 self._succeeded()
                 return first
-        if self._policy == "closed":
+        if self._policy == "closed" or self.misconfigured is not None:
             raise self._unavailable()
         # Local only: a nonce replayed to another instance during the outage is not caught.
         return await self.local.first_use(key, ttl)
@@ -263,9 +296,12 @@ class FallbackStore:
         """For /status: never the Redis password (RedisStore keeps only the redacted URL)."""
         return {
             "backend": self.backend,
+            "engine": self.shared.kind,
             "url": self.shared.url,
             "available": self.available,
-            "degraded": not self.available and self._policy == "open",
+            "degraded": not self.available and self._policy == "open" and self.misconfigured is None,
+            "misconfigured": self.misconfigured,
+            "checked": self.checked,
             "last_error": self.last_error,
             "since": _rfc3339(self.since),
             "policy": self._policy,
