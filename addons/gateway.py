@@ -18,6 +18,7 @@ if _ROOT not in sys.path:
 from addons.chain.accesslog import AccessLogger  # noqa: E402
 from addons.chain.admin import Admin  # noqa: E402
 from addons.chain.context import CallPipeline, GatewayContext  # noqa: E402
+from addons.chain.egress import Egress  # noqa: E402
 from addons.chain.forward import Forward  # noqa: E402
 from addons.chain.identify import Identify  # noqa: E402
 from addons.chain.quota import Quota  # noqa: E402
@@ -47,6 +48,7 @@ addons = [
     watch,             # reload on file change / SIGHUP / gateway.reload; gateway_rules_url feed
     Admin(gw, watch),  # gateway_admin: /metrics /healthz /readyz /status
     *steps,
+    Egress(gw),        # pass-through destinations: checked on the resolved address, every connect
     CallPipeline(gw, *steps),  # runs the steps above, in order, from one request hook
     WebSockets(gw),    # pass-through WebSockets keep only their newest message (bounded memory)
     WebView(gw),       # stored flows: comment, failure mark, request credentials masked; gateway_web_keep
