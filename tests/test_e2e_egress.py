@@ -184,3 +184,102 @@ def test_allow_cidrs_reopen_loopback_but_never_the_gateway_itself(tmp_path: Path
         assert len(other.hits("/open")) == 2
     finally:
         other.close()
+
+
+STATIC_KEY = "static-key-the-app-never-sees-4711"
+OAUTH_TOKEN = "oauth-token-fetched-by-gateway-0815"
+
+
+def echo(seen: object) -> Reply:
+    headers = seen.headers  # type: ignore[attr-defined]
+    return Reply(200, {"you_sent": {"key": headers.get("x-api-key"), "auth": headers.get("authorization")}},
+                 {"X-Echo-Key": headers.get("x-api-key") or headers.get("authorization") or ""})
+
+
+def test_a_provider_echoing_injected_secrets_never_hands_them_on(tmp_path: Path, confdir: Path, fake: FakeProvider,
+                                                                  gateways: list) -> None:
+    from mitmproxy.io import FlowReader
+
+    fake.on("POST", "/oauth/token", Reply(200, {"access_token": OAUTH_TOKEN, "token_type": "Bearer",
+                                                "expires_in": 3600}))
+    fake.on("GET", "/echo", echo)
+    directory = write_rules(tmp_path / "rules", {
+        "keyed.yaml": f"""
+            service: keyed
+            hosts: [keyed.test]
+            upstream: {{url: "{fake.url}", timeout: 2s}}
+            credentials: {{type: static, header: X-Api-Key, value: {STATIC_KEY}}}
+            methods: {{echo: {{method: GET, path: /echo}}}}
+        """,
+        "oauth.yaml": f"""
+            service: oauth
+            hosts: [oauth.test]
+            upstream: {{url: "{fake.url}", timeout: 2s}}
+            credentials: {{type: oauth2_client_credentials, token_url: "{fake.url}/oauth/token",
+                          client_id: cid, client_secret: client-secret-xyz-123}}
+            methods: {{echo: {{method: GET, path: /echo}}}}
+        """,
+        "apps.yaml": f"""
+            apps:
+              app: {{secret: {SECRET}}}
+            gateway: {{require_app: true}}
+        """,
+    })
+    flows = tmp_path / "flows.mitm"
+    gw = Gateway(directory, confdir, args=["-w", str(flows)]).start()
+    gateways.append(gw)
+    proxies = gw.proxies("app", SECRET)
+    answers = []
+    for host in ("keyed.test", "oauth.test"):
+        for mode in ("unified", "raw"):
+            r = requests.get(f"http://{host}/echo", headers={"X-Gateway-Envelope": mode}, proxies=proxies, timeout=5)
+            assert r.status_code == 200, r.text
+            answers.append(r.text + str(r.headers))
+    # The provider did receive them (the echo is real), the caller got none.
+    assert fake.hits("/echo")[0].headers["x-api-key"] == STATIC_KEY
+    assert fake.hits("/echo")[2].headers["authorization"] == f"Bearer {OAUTH_TOKEN}"
+    for text in answers:
+        assert STATIC_KEY not in text and OAUTH_TOKEN not in text, text
+        assert "***" in text
+    gw.stop()
+    with flows.open("rb") as f:
+        stored = list(FlowReader(f).stream())
+    assert len(stored) == 4
+    for flow in stored:
+        dumped = repr(flow.get_state())
+        assert STATIC_KEY not in dumped and OAUTH_TOKEN not in dumped
+        assert flow.response is not None and b"***" in (flow.response.content or b"")
+    raw_file = flows.read_bytes()
+    assert STATIC_KEY.encode() not in raw_file and OAUTH_TOKEN.encode() not in raw_file
+
+
+def test_a_reload_adding_a_redact_rule_masks_the_very_next_message(tmp_path: Path, confdir: Path,
+                                                                   fake: FakeProvider, gateways: list) -> None:
+    import signal
+
+    fake.on("GET", "/order", Reply(200, {"status": "1", "info": "order ORD-778899 was refused"}))
+    service = f"""
+        service: shop
+        hosts: [shop.test]
+        upstream: {{url: "{fake.url}", timeout: 2s}}
+        envelope: {{type: json, success_field: status, success_values: ["0"], message_field: info,
+                   codes: {{"1": -2005}}}}
+        methods: {{order: {{method: GET, path: /order}}}}
+    """
+    apps = f"apps:\n  app: {{secret: {SECRET}}}\ngateway: {{require_app: true{{extra}}}}\n"
+    directory = write_rules(tmp_path / "rules", {"shop.yaml": service, "apps.yaml": apps.replace("{extra}", "")})
+    gw = Gateway(directory, confdir).start()
+    gateways.append(gw)
+    proxies = gw.proxies("app", SECRET)
+    before = requests.get("http://shop.test/order", proxies=proxies, timeout=5).json()
+    assert "ORD-778899" in before["message"]
+    reloaded_at = requests.get(f"{gw.admin}/status", timeout=5).json()["rules"]["last_reload_at"]
+    rule = ', redact: [{pattern: "ORD-\\\\d+", replace: "ORD-#"}]'
+    (directory / "apps.yaml").write_text(apps.replace("{extra}", rule))
+    assert gw.proc is not None
+    gw.proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: requests.get(f"{gw.admin}/status", timeout=5).json()["rules"]["last_reload_at"] != reloaded_at,
+               5, what="the reload")
+    after = requests.get("http://shop.test/order", proxies=proxies, timeout=5).json()
+    assert "ORD-778899" not in after["message"] and "ORD-#" in after["message"], after
+    assert "ORD-778899" not in gw.log_for(after["request_id"]).get("message", "")
