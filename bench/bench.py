@@ -14,7 +14,7 @@ Everything runs on this machine, on 127.0.0.1 and free ports, and is stopped at 
   bare        wrk    through bare mitmdump (no addons, same options as the gateway otherwise)
   gw-mem      wrk    through the gateway, in-memory state (``./run_proxy.sh``)
   gw-redis    wrk    through the gateway with its own redis-server on a free port
-  gw-workers  wrk    ``GATEWAY_WORKERS=2 GATEWAY_REDIS=...``: 2 mitmdump behind haproxy
+  gw-workers  wrk    ``GATEWAY_WORKERS=2 GATEWAY_REDIS=...``: 2 mitmdump sharing the port
   bare-https  hey    bare mitmdump, HTTPS through CONNECT (client trusts certs/ CA; upstream TLS)
   gw-https    hey    the gateway (memory store), HTTPS through CONNECT to bench.upstream.test
   ==========  =====  ==========================================================================
@@ -83,7 +83,7 @@ LABELS = {
     "bare": "bare mitmdump",
     "gw-mem": "gateway, memory store",
     "gw-redis": "gateway, Redis",
-    "gw-workers": "gateway, 2 workers + haproxy, Redis",
+    "gw-workers": "gateway, 2 workers sharing the port, Redis",
     "bare-https": "bare mitmdump, HTTPS CONNECT",
     "gw-https": "gateway, memory, HTTPS CONNECT",
 }
@@ -351,7 +351,7 @@ class Stack:
     def _check_gateway(self, gw: Gateway) -> None:
         url = f"http://{BENCH_HOST}{BENCH_PATH}"
         deadline = time.monotonic() + 30
-        while True:  # the port may be open (haproxy) before every worker serves
+        while True:  # the port may be open before every worker serves
             try:
                 status, body = http_get(gw.port, url, BENCH_HOST, {})
                 break
@@ -361,7 +361,7 @@ class Stack:
                 time.sleep(0.2)
         if status != 407:
             raise BenchError(f"{gw.name}: a call without app credentials got {status}, not 407: {body[:200]!r}")
-        for _ in range(2 * max(1, len(gw.admin_ports))):  # reach each worker behind haproxy
+        for _ in range(2 * max(1, len(gw.admin_ports))):  # reach each worker (the kernel spreads connections)
             status, body = http_get(gw.port, url, BENCH_HOST, {"Proxy-Authorization": self.proxy_auth})
             gw.requests_sent += 1
             check_envelope(gw.name, status, body)
