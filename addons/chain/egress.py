@@ -206,10 +206,15 @@ class Egress:
         if server.via is not None or server.address is None or server.error:
             return
         host, port = server.address[0], server.address[1]
+        compiled = self.gw.compiled
         try:
-            if self.gw.compiled is None:
+            if compiled is None:
                 reason: str | None = "the gateway has no rules loaded"
                 ip = None
+            elif host.lower() == EXPLICIT_HOST or compiled.router.owner(host) is not None:
+                # A service's calls are sent by the gateway itself; mitmproxy connecting to a service
+                # host means something inside a tunnel (raw TCP, another port) tried to go around it.
+                reason, ip = f"{host} is a service's host: only the gateway's own calls go there", None
             else:
                 ip, reason = await self._check(host, port)
         except Exception as exc:
@@ -223,8 +228,10 @@ class Egress:
         server.address = (str(ip), port)
 
     def server_connected(self, data: server_hooks.ServerConnectionHookData) -> None:
-        # Give the connection its name back, so requests that follow on it (a tunnel's, keep-alive)
-        # still read the host they named and match it for reuse; it stays connected to the pinned IP.
+        # Give the open connection its name back, so the requests that follow on the same client
+        # connection (keep-alive, a tunnel's) match it and reuse it instead of connecting anew; it
+        # stays connected to the pinned address (`peername`). mitmproxy refuses a plain assignment
+        # on an open connection because that would mean a new destination; this is only the name.
         original = self._pinned.pop(data.server, None)
         if original is not None:
-            data.server.address = original
+            object.__setattr__(data.server, "address", original)
