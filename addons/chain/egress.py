@@ -32,6 +32,7 @@ RESOLVE_TIMEOUT = 5.0
 CACHE_TTL = 30.0  # resolved names, for service upstreams and listeners (not for pass-through pins)
 PIN_TTL = 10.0  # a checked pass-through address is dialled within this long of its check
 MAX_CACHE = 4096
+ANY_ADDRESS = ("", "0.0.0.0", "::")
 
 
 class Egress:
@@ -40,8 +41,9 @@ class Egress:
         gw.egress = self
         self.policy = EgressPolicy()
         self._patterns: dict[str, HostPatterns] = {}
-        self._named: list[tuple[str, int, str | None]] = []  # (host, port, service or None: a listener)
         self._resolved_at = 0.0
+        self._current = False  # whether `policy` reflects the rules and listeners now in force
+        self._renewal: asyncio.Task[None] | None = None
         self._cache: dict[tuple[str, int], tuple[float, list[IPAddress]]] = {}
         self._pinned: weakref.WeakKeyDictionary[connection.Server, tuple[str, int]] = weakref.WeakKeyDictionary()
         gw.on_rules_changed.append(self._rules_changed)
@@ -50,10 +52,10 @@ class Egress:
 
     def configure(self, updated: set[str]) -> None:
         if updated & {"listen_host", "listen_port", "gateway_admin", "gateway_redis"}:
-            self._resolved_at = 0.0  # the listeners moved: resolve them again before the next check
+            self._resolved_at, self._current = 0.0, False  # the listeners moved: rebuilt before the next check
 
     def _rules_changed(self, compiled: object) -> None:
-        self._resolved_at = 0.0
+        self._resolved_at, self._current = 0.0, False
         rules = self.gw.compiled.rules if self.gw.compiled is not None else None
         if rules is None:
             return
@@ -85,18 +87,30 @@ class Egress:
         if time.monotonic() - self._resolved_at < CACHE_TTL:
             return
         self._resolved_at = time.monotonic()
+        if self._current:
+            # Only the addresses of names are renewed: this call keeps the policy in force, and no
+            # call waits on DNS for the service upstreams and listeners.
+            if self._renewal is None or self._renewal.done():
+                self._renewal = asyncio.create_task(self._rebuild())
+            return
+        await self._rebuild()  # new rules or listeners: in force before the next check
+
+    async def _rebuild(self) -> None:
         compiled = self.gw.compiled
         spec = compiled.gateway.egress if compiled is not None else None
-        protected: list[Endpoint] = []
+        endpoints = self._endpoints()
+        # A listener on every address: any private address is it, and so are this host's own
+        # (public) addresses, which a caller might name instead.
+        everywhere = {port for host, port, service in endpoints if service is None and host in ANY_ADDRESS}
+        names = [e for e in endpoints if not (e[2] is None and e[0] in ANY_ADDRESS)]
+        names += [(socket.gethostname(), port, None) for port in everywhere]
+        results = await asyncio.gather(*(self._resolve(host, port, cache=True) for host, port, _ in names),
+                                       return_exceptions=True)
+        protected = [Endpoint(None, port) for port in everywhere]
         services: dict[tuple[IPAddress, int], str] = {}
-        for host, port, service in self._endpoints():
-            if service is None and host in ("", "0.0.0.0", "::"):
-                protected.append(Endpoint(None, port))
-                continue
-            try:
-                addresses = await self._resolve(host, port, cache=True)
-            except OSError:
-                continue  # an upstream that does not resolve now: nothing to protect at an address
+        for (_host, port, service), addresses in zip(names, results, strict=True):
+            if isinstance(addresses, BaseException):
+                continue  # a name that does not resolve now: nothing to protect at an address
             for ip in addresses:
                 if service is None:
                     protected.append(Endpoint(ip, port))
@@ -106,6 +120,7 @@ class Egress:
             deny_private=spec.deny_private if spec is not None else True,
             allow_cidrs=tuple(spec.allow_cidrs) if spec is not None else (),
             protected=tuple(protected), service_addresses=services)
+        self._current = True
 
     async def _resolve(self, host: str, port: int, cache: bool = False) -> list[IPAddress]:
         literal = parse_ip(host)
@@ -222,7 +237,7 @@ class Egress:
             ip, reason = None, "internal error"
         if reason is not None or ip is None:
             server.error = "egress refused by the gateway"
-            log.warning("gateway: egress refused: connection to %s:%s: %s", host, port, reason)
+            log.warning("gateway: egress refused: connection to %s", self.gw.redactor.text(f"{host}:{port}: {reason}"))
             return
         self._pinned[server] = (host, port)
         server.address = (str(ip), port)
