@@ -101,7 +101,8 @@ async def test_a_name_that_rebinds_to_loopback_at_connect_time_is_refused(tmp_pa
     answers = iter(["93.184.216.34", "127.0.0.1"])  # public when checked first, loopback a moment later
 
     async def fake_getaddrinfo(host: str, port: int, **_: Any) -> list[Any]:
-        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (next(answers), port))]
+        address = next(answers) if host == "rebind.test" else "198.51.100.7"  # the gateway host's own name
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (address, port))]
 
     with taddons.context(egress) as tctx:
         tctx.options.listen_port = 8080
