@@ -183,7 +183,10 @@ def test_allow_cidrs_reopen_loopback_but_never_the_gateway_itself(tmp_path: Path
                          timeout=5)
         assert r.json()["code"] == 0 and fake.hits("/hello")[-1].headers["x-api-key"] == "injected-demo-key-0123456789"
         r = requests.get("http://api.demo.test/hello", headers={"Host": "elsewhere.test"}, proxies=proxies, timeout=5)
-        assert r.status_code == 403
+        assert r.status_code == 403 and "Host header" in r.json()["message"]
+        r = requests.get(f"http://localhost:{other.port}/open", headers={"Host": "elsewhere.test"}, proxies=proxies,
+                         timeout=5)
+        assert r.status_code == 403 and "Host header" in r.json()["message"]
         assert len(fake.hits("/hello")) == 1
         # passthrough: the narrow app reaches only the hosts it lists.
         narrow = gw.proxies("narrow", "narrow-secret")

@@ -164,7 +164,7 @@ class Egress:
         target = request.host.lower().rstrip(".")
         named = call.host.lower().rstrip(".")
         try:
-            if target != named and parse_ip(target) != parse_ip(named):
+            if target != named and (parse_ip(target) is None or parse_ip(target) != parse_ip(named)):
                 # The Host header names one host, the connection goes to another: whichever a service
                 # owns, this would be a way around it.
                 raise GatewayError(Code.CALLER_FORBIDDEN, f"the Host header names {call.host} but the request "
