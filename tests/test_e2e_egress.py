@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import gzip
+import json
 import socket
 import threading
 from pathlib import Path
@@ -218,13 +220,17 @@ def test_a_provider_echoing_injected_secrets_never_hands_them_on(tmp_path: Path,
     fake.on("POST", "/oauth/token", Reply(200, {"access_token": OAUTH_TOKEN, "token_type": "Bearer",
                                                 "expires_in": 3600}))
     fake.on("GET", "/echo", echo)
+    # The same echo, gzip-encoded: a raw answer keeps its encoding, and is looked into all the same.
+    fake.on("GET", "/echo-gzip", lambda seen: Reply(200, gzip.compress(json.dumps(
+        {"key": seen.headers.get("x-api-key")}).encode()), {"Content-Type": "application/json",
+                                                             "Content-Encoding": "gzip"}))
     directory = write_rules(tmp_path / "rules", {
         "keyed.yaml": f"""
             service: keyed
             hosts: [keyed.test]
             upstream: {{url: "{fake.url}", timeout: 2s}}
             credentials: {{type: static, header: X-Api-Key, value: {STATIC_KEY}}}
-            methods: {{echo: {{method: GET, path: /echo}}}}
+            methods: {{echo: {{method: GET, path: /echo}}, gz: {{method: GET, path: /echo-gzip}}}}
         """,
         "oauth.yaml": f"""
             service: oauth
@@ -250,6 +256,9 @@ def test_a_provider_echoing_injected_secrets_never_hands_them_on(tmp_path: Path,
             r = requests.get(f"http://{host}/echo", headers={"X-Gateway-Envelope": mode}, proxies=proxies, timeout=5)
             assert r.status_code == 200, r.text
             answers.append(r.text + str(r.headers))
+    gz = requests.get("http://keyed.test/echo-gzip", headers={"X-Gateway-Envelope": "raw"}, proxies=proxies,
+                      timeout=5)
+    assert gz.status_code == 200 and gz.json() == {"key": "***"}  # requests decoded the gzip it got
     # The provider did receive them (the echo is real), the caller got none.
     assert fake.hits("/echo")[0].headers["x-api-key"] == STATIC_KEY
     assert fake.hits("/echo")[2].headers["authorization"] == f"Bearer {OAUTH_TOKEN}"
@@ -259,7 +268,7 @@ def test_a_provider_echoing_injected_secrets_never_hands_them_on(tmp_path: Path,
     gw.stop()
     with flows.open("rb") as f:
         stored = list(FlowReader(f).stream())
-    assert len(stored) == 4
+    assert len(stored) == 5
     for flow in stored:
         dumped = repr(flow.get_state())
         assert STATIC_KEY not in dumped and OAUTH_TOKEN not in dumped
