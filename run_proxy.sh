@@ -9,7 +9,7 @@
 #   GATEWAY_CONFDIR mitmproxy confdir: the CA         (default ./certs)
 #   GATEWAY_RULES_URL  URL polled for remote rules    (default: none)
 #   GATEWAY_UI=web  run mitmweb instead of mitmdump
-#   GATEWAY_WORKERS=N  N mitmdump processes behind haproxy on the listen address
+#   GATEWAY_WORKERS=N  N mitmdump processes sharing the listen address (SO_REUSEPORT)
 set -euo pipefail
 source "$(dirname "$0")/scripts/env.sh"
 cd "$GW_ROOT"

@@ -9,7 +9,6 @@ gw_ensure_venv test
 gw_apt_ensure redis-server redis-server || gw_log "gateway: redis-server unavailable; Redis tests will be skipped"
 gw_apt_ensure redis-cli redis-tools || gw_log "gateway: redis-cli unavailable; Redis Cluster tests will be skipped"
 gw_apt_ensure redis-sentinel redis-sentinel || gw_log "gateway: redis-sentinel unavailable (Sentinel tests run redis-server --sentinel)"
-gw_apt_ensure haproxy haproxy || gw_log "gateway: haproxy unavailable; GATEWAY_WORKERS tests will be skipped"
 gw_apt_ensure curl curl || true
 "$GW_PY" -m ruff check addons gateway_client tests bench
 exec "$GW_PY" -m pytest -p no:cacheprovider "$@"

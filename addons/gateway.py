@@ -20,6 +20,7 @@ from addons.chain.admin import Admin  # noqa: E402
 from addons.chain.cache import Cache, CachedForward, CacheLookup  # noqa: E402
 from addons.chain.connections import ClientConnections  # noqa: E402
 from addons.chain.context import CallPipeline, GatewayContext  # noqa: E402
+from addons.chain.egress import Egress  # noqa: E402
 from addons.chain.forward import Forward  # noqa: E402
 from addons.chain.identify import Identify  # noqa: E402
 from addons.chain.quota import Quota  # noqa: E402
@@ -53,6 +54,7 @@ addons = [
     Admin(gw, watch),  # gateway_admin: /metrics /healthz /readyz /status
     ClientConnections(gw),  # gateway.client_idle, gateway.header_timeout: idle and slow clients closed
     *steps,
+    Egress(gw),        # pass-through destinations: checked on the resolved address, every connect
     CallPipeline(gw, *steps),  # runs the steps above, in order, from one request hook
     WebSockets(gw),    # pass-through WebSockets keep only their newest message (bounded memory)
     WebView(gw),       # stored flows: comment, failure mark, request credentials masked; gateway_web_keep

@@ -266,6 +266,17 @@ class Redactor:
             pattern = self._secrets_re = re.compile(_trie_pattern(list(self._secrets)))
         return pattern
 
+    def known_bytes(self, data: bytes) -> bytes:
+        """`data` with every known secret value masked, all other bytes untouched (an answer body a
+        provider may have echoed a key or token into). One scan with the precompiled pattern."""
+        pattern = self._secret_pattern()
+        if pattern is None or not data:
+            return data
+        # surrogateescape round-trips any byte sequence, so a binary body comes back byte for byte.
+        text = data.decode("utf-8", "surrogateescape")
+        masked = pattern.sub(MASK, text)
+        return data if masked == text else masked.encode("utf-8", "surrogateescape")
+
     # -- the stages ---------------------------------------------------------------------------------
 
     def _known(self, s: str) -> str:

@@ -100,6 +100,12 @@ class ServiceRuntime:
         self.health = ServiceHealth.from_spec(spec.service, spec.upstream, spec.health)
         self.health.ssl = self.ssl
 
+    def use_redactor(self, redactor: Redactor) -> None:
+        """A runtime kept across a reload quotes provider sentences through the new rules' redactor:
+        a `redact` rule or a secret added by the reload applies to every service at once."""
+        if hasattr(self.adapter, "redactor"):
+            self.adapter.redactor = redactor
+
     def policy(self, method: str) -> RetryPolicy:
         return self.method_retry.get(method, self.retry)
 
@@ -156,6 +162,7 @@ def compile_rules(rules: RuleSet, previous: Compiled | None, credential_context:
     for name, spec in rules.services.items():
         kept = old.get(name)
         if kept is not None and kept.key == spec_key(spec):
+            kept.use_redactor(redactor)
             services[name] = kept
         else:
             services[name] = ServiceRuntime(spec, credential_context.for_service(spec), redactor)

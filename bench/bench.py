@@ -16,7 +16,7 @@ Everything runs on this machine, on 127.0.0.1 and free ports, and is stopped at 
   gw-cached   wrk    the gw-mem gateway, a method with a ``cache:`` block: every call a hit
   gw-redis    wrk    through the gateway with its own redis-server on a free port
   gw-cluster  wrk    through the gateway on its own 3-master Redis Cluster (``redis+cluster://``)
-  gw-workers  wrk    ``GATEWAY_WORKERS=2 GATEWAY_REDIS=...``: 2 mitmdump behind haproxy
+  gw-workers  wrk    ``GATEWAY_WORKERS=2 GATEWAY_REDIS=...``: 2 mitmdump sharing the port
   bare-https  hey    bare mitmdump, HTTPS through CONNECT (client trusts certs/ CA; upstream TLS)
   gw-https    hey    the gateway (memory store), HTTPS through CONNECT to bench.upstream.test
   ==========  =====  ==========================================================================
@@ -90,7 +90,7 @@ LABELS = {
     "gw-cached": "gateway, memory, cache hits",
     "gw-redis": "gateway, Redis",
     "gw-cluster": "gateway, Redis Cluster (3 masters)",
-    "gw-workers": "gateway, 2 workers + haproxy, Redis",
+    "gw-workers": "gateway, 2 workers sharing the port, Redis",
     "bare-https": "bare mitmdump, HTTPS CONNECT",
     "gw-https": "gateway, memory, HTTPS CONNECT",
 }
@@ -388,7 +388,7 @@ class Stack:
     def _check_gateway(self, gw: Gateway) -> None:
         url = f"http://{BENCH_HOST}{BENCH_PATH}"
         deadline = time.monotonic() + 30
-        while True:  # the port may be open (haproxy) before every worker serves
+        while True:  # the port may be open before every worker serves
             try:
                 status, body = http_get(gw.port, url, BENCH_HOST, {})
                 break
@@ -398,7 +398,7 @@ class Stack:
                 time.sleep(0.2)
         if status != 407:
             raise BenchError(f"{gw.name}: a call without app credentials got {status}, not 407: {body[:200]!r}")
-        for _ in range(2 * max(1, len(gw.admin_ports))):  # reach each worker behind haproxy
+        for _ in range(2 * max(1, len(gw.admin_ports))):  # reach each worker (the kernel spreads connections)
             status, body = http_get(gw.port, url, BENCH_HOST, {"Proxy-Authorization": self.proxy_auth})
             gw.requests_sent += 1
             check_envelope(gw.name, status, body)

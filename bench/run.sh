@@ -10,7 +10,7 @@
 #   --soak S         then S seconds of sustained load on the gateway, reporting its RSS growth
 #
 # Installs what it needs from Debian when missing (as root): nginx-light (the upstream), wrk, and
-# for the rows that use them redis-server, haproxy and hey. Everything listens on 127.0.0.1 on
+# for the rows that use them redis-server and hey. Everything listens on 127.0.0.1 on
 # free ports and is stopped at exit, also on Ctrl-C or an error. Prints a table and writes the
 # same as JSON to bench/results/<UTC timestamp>.json. Exit status: 0 ok; 1 a row, check or the
 # soak failed; 77 a tool is missing and could not be installed.
@@ -43,9 +43,6 @@ case ",$rows," in
 esac
 case ",$rows," in
     *,gw-cluster,*) gw_apt_ensure redis-cli redis-tools || gw_log "bench: no redis-cli: the cluster row will fail" ;;
-esac
-case ",$rows," in
-    *,gw-workers,*) gw_apt_ensure haproxy haproxy || gw_log "bench: no haproxy: the workers row will fail" ;;
 esac
 case ",$rows," in
     *https*) gw_apt_ensure hey hey || { gw_log "bench: hey is not installed and could not be installed"; exit 77; } ;;

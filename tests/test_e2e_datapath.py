@@ -35,6 +35,14 @@ def provider() -> Iterator[FakeProvider]:
 
 
 @pytest.fixture(scope="module")
+def native() -> Iterator[FakeProvider]:
+    """A host no service owns, for pass-through (a service's own upstream address never is)."""
+    fake = FakeProvider()
+    yield fake
+    fake.close()
+
+
+@pytest.fixture(scope="module")
 def gw(tmp_path_factory: pytest.TempPathFactory, confdir: Path, provider: FakeProvider) -> Iterator[Gateway]:
     tmp = tmp_path_factory.mktemp("datapath")
     url = provider.url
@@ -114,6 +122,7 @@ def gw(tmp_path_factory: pytest.TempPathFactory, confdir: Path, provider: FakePr
             gateway:
               require_app: true
               unknown_hosts: allow
+              egress: {{allow_cidrs: [127.0.0.0/8]}}
               redact: [{{pattern: "member-\\\\d+", replace: "member-#"}}]
         """,
     })
@@ -267,13 +276,13 @@ def test_disabled_service_answers_3001(gw: Gateway) -> None:
     assert "NEVER_SET_VARIABLE" in gw.output()  # the operator is told which variable is missing
 
 
-def test_unknown_host_passes_through_natively(gw: Gateway, provider: FakeProvider) -> None:
-    provider.on("GET", "/native", Reply(201, "plain text"))
-    r = call(gw, f"http://127.0.0.1:{provider.port}/native")
+def test_unknown_host_passes_through_natively(gw: Gateway, native: FakeProvider) -> None:
+    native.on("GET", "/native", Reply(201, "plain text"))
+    r = call(gw, f"http://127.0.0.1:{native.port}/native")
     assert r.status_code == 201 and r.text == "plain text"  # the provider's own answer, untouched
     rid = r.headers["X-Request-ID"]
-    assert provider.hits("/native")[-1].headers["x-request-id"] == rid
-    assert "proxy-authorization" not in provider.hits("/native")[-1].headers
+    assert native.hits("/native")[-1].headers["x-request-id"] == rid
+    assert "proxy-authorization" not in native.hits("/native")[-1].headers
     line = gw.log_for(rid)
     assert (line["service"], line["method"], line["status"], line["code"], line["app"]) == ("_", "_", 201, 0, "order")
 
@@ -408,14 +417,14 @@ def test_binary_success_passes_through_unwrapped(gw: Gateway, provider: FakeProv
 
 
 def test_large_body_to_an_unknown_host_is_checked_before_anything_is_sent(
-        gw: Gateway, provider: FakeProvider) -> None:
-    provider.on("POST", "/upload", lambda seen: Reply(200, {"received": len(seen.body)}))
+        gw: Gateway, native: FakeProvider) -> None:
+    native.on("POST", "/upload", lambda seen: Reply(200, {"received": len(seen.body)}))
     body = b"x" * (2 * 1024 * 1024)
-    before = len(provider.hits("/upload"))
-    refused = call(gw, f"http://127.0.0.1:{provider.port}/upload", "POST", app=None, data=body)
+    before = len(native.hits("/upload"))
+    refused = call(gw, f"http://127.0.0.1:{native.port}/upload", "POST", app=None, data=body)
     assert refused.status_code == 407 and envelope(refused)["code"] == -2001
-    assert len(provider.hits("/upload")) == before  # nothing reached the host
-    allowed = call(gw, f"http://127.0.0.1:{provider.port}/upload", "POST", data=body)
+    assert len(native.hits("/upload")) == before  # nothing reached the host
+    allowed = call(gw, f"http://127.0.0.1:{native.port}/upload", "POST", data=body)
     assert allowed.status_code == 200 and allowed.json() == {"received": len(body)}
 
 

@@ -30,15 +30,15 @@ async def test_websocket_passes_through_and_is_refused_for_a_service(tmp_path: P
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     rules = write_rules(tmp_path / "rules", {
-        "svc.yaml": f"""
+        "svc.yaml": """
             service: svc
             hosts: [svc.test]
-            upstream: {{url: "http://127.0.0.1:{port}"}}
+            upstream: {url: "http://127.0.0.1:1"}
         """,
         "apps.yaml": """
             apps:
               chat: {secret: chat-secret}
-            gateway: {require_app: true, unknown_hosts: allow}
+            gateway: {require_app: true, unknown_hosts: allow, egress: {allow_cidrs: [127.0.0.0/8]}}
         """,
     })
     gw = Gateway(rules, confdir)

@@ -3,6 +3,7 @@ only (anything else is `_`), in Prometheus text format on the admin listener aft
 
 from __future__ import annotations
 
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -127,7 +128,7 @@ def metrics_rules(tmp_path: Path, fake: FakeProvider) -> Path:
         "apps.yaml": """
             apps:
               order-service: {secret: s3cret-order-metrics}
-            gateway: {require_app: true, unknown_hosts: allow}
+            gateway: {require_app: true, unknown_hosts: allow, egress: {allow_cidrs: [127.0.0.0/8]}}
         """,
     })
 
@@ -135,7 +136,9 @@ def metrics_rules(tmp_path: Path, fake: FakeProvider) -> Path:
 def test_metrics_endpoint_after_real_traffic(tmp_path: Path, confdir: Path, fake: FakeProvider) -> None:
     fake.on("GET", "/hello", Reply(200, {"ok": True}))
     fake.on("GET", "/limited", Reply(200, {"ok": True}))
-    fake.on("GET", "/unowned-path", Reply(200, {"ok": True}))
+    # A host no service owns (a service's own upstream address is never pass-through).
+    unowned = FakeProvider()
+    unowned.on("GET", "/unowned-path", Reply(200, {"ok": True}))
     flaky_calls: list[int] = []
 
     def flaky(_seen: object) -> Reply:
@@ -144,7 +147,7 @@ def test_metrics_endpoint_after_real_traffic(tmp_path: Path, confdir: Path, fake
 
     fake.on("GET", "/flaky", flaky)
     injected = "injected-metrics-key-7f3a9c"
-    with Gateway(metrics_rules(tmp_path, fake), confdir, env={"DEMO_KEY": injected}) as gw:
+    with closing(unowned), Gateway(metrics_rules(tmp_path, fake), confdir, env={"DEMO_KEY": injected}) as gw:
         good = gw.proxies("order-service", "s3cret-order-metrics")
         assert requests.get("http://api.demo.test/hello", proxies=good, timeout=10).json()["code"] == 0
         flaky_answer = requests.get("http://api.demo.test/flaky", proxies=good, timeout=10)
@@ -155,7 +158,7 @@ def test_metrics_endpoint_after_real_traffic(tmp_path: Path, confdir: Path, fake
         # and an app that does not exist: none of these names may become a label value.
         requests.get("http://api.demo.test/no-such-method-xyz", proxies=good, timeout=10)
         requests.get("http://gateway.local/no-such-service-xyz/whatever", proxies=good, timeout=10)
-        assert requests.get(f"{fake.url}/unowned-path", proxies=good, timeout=10).status_code == 200
+        assert requests.get(f"{unowned.url}/unowned-path", proxies=good, timeout=10).status_code == 200
         intruder = requests.get("http://api.demo.test/hello", timeout=10,
                                 proxies=gw.proxies("intruder-app-xyz", "guess"))
         assert intruder.status_code == 407

@@ -22,7 +22,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import pytest
 import requests
 
 from tests.conftest import ROOT, free_port, wait_until
@@ -346,18 +345,21 @@ def test_no_python_312_is_reported_clearly_and_a_good_one_is_chosen(tmp_path: Pa
     assert found.returncode == 0 and found.stdout.strip() == str(in_pyenv)
 
 
-# -- 3. GATEWAY_WORKERS=N behind haproxy ----------------------------------------------------------
+# -- 3. GATEWAY_WORKERS=N sharing the listen port ------------------------------------------------
 
 
-def need_haproxy() -> None:
-    path = os.environ.get("PATH", "") + ":/usr/local/sbin:/usr/sbin:/sbin"
-    if shutil.which("haproxy", path=path):
-        return
-    subprocess.run(["/bin/bash", "-c", f'source "{ENV_SH}"; gw_apt_ensure haproxy haproxy'],
-                   capture_output=True, timeout=300)
-    if not shutil.which("haproxy", path=path):
-        pytest.skip("haproxy is not installed and could not be installed (apt-get needs root); "
-                    "GATEWAY_WORKERS needs it")
+def call_from(source: str, port: int, request_id: str) -> dict[str, Any]:
+    """One call without credentials from a client socket bound to `source` (bounded in time)."""
+    with socket.socket() as s:
+        s.settimeout(10)
+        s.bind((source, 0))
+        s.connect(("127.0.0.1", port))
+        s.sendall(f"GET http://api.demo.test/hello HTTP/1.1\r\nHost: api.demo.test\r\nX-Request-ID: {request_id}"
+                  "\r\nConnection: close\r\n\r\n".encode())
+        data = b""
+        while len(data) < 65536 and (chunk := s.recv(4096)):
+            data += chunk
+    return json.loads(data.split(b"\r\n\r\n", 1)[1])
 
 
 def stop_and_check_gone(script: Script, pids: set[int], ports: list[int]) -> None:
@@ -365,14 +367,13 @@ def stop_and_check_gone(script: Script, pids: set[int], ports: list[int]) -> Non
     code = script.terminate()
     assert code == 0, f"exit status {code}\n{script.output()}"
     wait_until(lambda: not any(alive(p) for p in pids), 10,
-               what="workers and haproxy to exit: " + ", ".join(command_of(p) for p in pids if alive(p)))
+               what="workers to exit: " + ", ".join(command_of(p) for p in pids if alive(p)))
     for port in ports:
         wait_port_closed(port, 5)
 
 
-def test_workers_behind_haproxy_share_quotas_through_redis(tmp_path: Path, fake: FakeProvider,
-                                                           redis_url: str) -> None:
-    need_haproxy()
+def test_workers_share_the_port_quotas_and_see_real_client_addresses(tmp_path: Path, fake: FakeProvider,
+                                                                      redis_url: str) -> None:
     fake.on("GET", "/hello", Reply(200, {"greeting": "hi"}))
     fake.on("GET", "/metered", Reply(200, {"ok": True}))
     metered = "metered-" + uuid.uuid4().hex[:8]  # fresh quota keys even on a shared REDIS_URL
@@ -383,6 +384,10 @@ def test_workers_behind_haproxy_share_quotas_through_redis(tmp_path: Path, fake:
         quota: [{{limit: 10/hour, per: service}}]
         methods:
           get: {{method: GET, path: /metered}}
+    """, "sources.yaml": """
+        apps:
+          third: {sources: [127.0.0.3/32]}
+          fourth: {sources: [127.0.0.4/32]}
     """})
     port, admin_base = free_port(), free_port_pair()
     admins = [f"http://127.0.0.1:{admin_base + i}" for i in range(2)]
@@ -393,18 +398,15 @@ def test_workers_behind_haproxy_share_quotas_through_redis(tmp_path: Path, fake:
     with run_proxy(tmp_path / "workers.out", env) as script:
         def all_ready() -> bool:
             script.check_running()
-            return all(ready(a) for a in admins) and "behind haproxy on" in script.output()
+            return all(ready(a) for a in admins) and "workers sharing" in script.output()
 
-        wait_until(all_ready, 90, what=f"both workers ready and haproxy started\n{script.output()}")
+        wait_until(all_ready, 90, what=f"both workers ready\n{script.output()}")
         assert "WARNING" not in script.output()
         worker_pids = {get_json(f"{a}/status")["pid"] for a in admins}
         assert len(worker_pids) == 2
         pids = descendants(script.proc.pid)
         assert worker_pids <= pids
-        assert any("haproxy" in command_of(p) for p in pids), [command_of(p) for p in pids]
-
-        wait_until(lambda: socket.create_connection(("127.0.0.1", port), timeout=0.5).close() or True, 10,
-                   what=f"haproxy on {port}")
+        assert not any("haproxy" in command_of(p) for p in pids), [command_of(p) for p in pids]
 
         def call(host: str, path: str) -> requests.Response:
             return requests.get(f"http://{host}{path}", proxies=proxies(port), timeout=10)
@@ -436,12 +438,34 @@ def test_workers_behind_haproxy_share_quotas_through_redis(tmp_path: Path, fake:
         assert len({x["request_id"] for x in logged}) == 40
         assert sorted(x["code"] for x in logged if x["service"] == metered) == [-2004] * 10 + [0] * 10
 
+        # Callers on 127.0.0.3 and 127.0.0.4, identified by `sources` alone: every worker sees the
+        # caller's own address, never a balancer's.
+        by_address = {}
+        before = [requests_total(a, "demo") for a in admins]
+        for i in range(16):
+            source = "127.0.0.3" if i % 2 else "127.0.0.4"
+            rid = f"sources-call-{i:02d}-{uuid.uuid4().hex[:8]}"
+            body = call_from(source, port, rid)
+            assert body["code"] == 0, body
+            by_address[rid] = source
+        # The kernel spreads connections by their addresses and ports: 16 land on one worker only
+        # with a chance of 2 in 65536.
+        served = [requests_total(a, "demo") - n for a, n in zip(admins, before, strict=True)]
+        assert sum(served) == 16 and all(n > 0 for n in served), served
+        wanted = {rid: ("third" if source == "127.0.0.3" else "fourth") for rid, source in by_address.items()}
+
+        def apps_logged() -> dict[str, str] | None:
+            entries = (json.loads(x) for x in log.read_text().splitlines() if x.strip())
+            found = {x["request_id"]: x["app"] for x in entries if x["request_id"] in wanted}
+            return found if len(found) == len(wanted) else None
+
+        assert wait_until(apps_logged, 5, what="the sources calls in the access log") == wanted
+
         stop_and_check_gone(script, descendants(script.proc.pid) | pids, [port, admin_base, admin_base + 1])
-        assert "stopping 2 workers and haproxy" in script.output()
+        assert "stopping 2 workers" in script.output()
 
 
 def test_workers_without_redis_warn_that_state_is_per_process(tmp_path: Path, fake: FakeProvider) -> None:
-    need_haproxy()
     rules = demo_rules(tmp_path / "rules", fake)
     port = free_port()
     env = script_env(GATEWAY_WORKERS="2", GATEWAY_RULES=str(rules), GATEWAY_LISTEN=f"127.0.0.1:{port}",
@@ -449,9 +473,9 @@ def test_workers_without_redis_warn_that_state_is_per_process(tmp_path: Path, fa
     with run_proxy(tmp_path / "workers.out", env) as script:
         def started() -> bool:
             script.check_running()
-            return "behind haproxy on" in script.output()
+            return "workers sharing" in script.output()
 
-        wait_until(started, 90, what=f"workers and haproxy started\n{script.output()}")
+        wait_until(started, 90, what=f"workers started\n{script.output()}")
         warning = " ".join(x for x in script.output().splitlines() if "WARNING" in x)
         assert re.search(r"2 workers without GATEWAY_REDIS", warning), script.output()
         assert "quotas, provider tokens and replay nonces" in warning and "per process" in warning

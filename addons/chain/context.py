@@ -24,6 +24,7 @@ from addons.redact import Redactor
 if TYPE_CHECKING:
     from addons.accesslog import AccessLog
     from addons.chain.cache import Cache
+    from addons.chain.egress import Egress
     from addons.runtime import Compiled
     from addons.state.base import StateStore
     from addons.upstream.health import HealthRegistry
@@ -44,6 +45,7 @@ class GatewayContext:
         self.session: aiohttp.ClientSession | None = None
         self.health: HealthRegistry | None = None
         self.cache: Cache | None = None  # the response cache (SPEC 13), set by the Cache addon
+        self.egress: Egress | None = None  # checks pass-through destinations (SPEC 12)
         self.started = time.time()
         self.last_reload_error: list[str] = []
         self.last_reload_at: float | None = None

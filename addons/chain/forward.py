@@ -9,6 +9,7 @@ from multidict import CIMultiDict
 
 from addons.call import Call
 from addons.chain.context import GatewayContext, answer, fail
+from addons.chain.echo import mask_echoed_secrets
 from addons.envelope import ProviderAnswer
 from addons.errors import Code, GatewayError
 from addons.explicit import json_object, reshape
@@ -93,6 +94,8 @@ class Forward:
             self._raw(flow, call, result, method)
         else:
             answer(flow, call, result.code, result.message, result.data)
+        if flow.response is not None:
+            mask_echoed_secrets(flow.response, self.gw.redactor)
 
     def _raw(self, flow: http.HTTPFlow, call: Call, result: Result, method: str) -> None:
         """The provider's answer as it came (vendor SDKs parse it themselves); bytes stay encoded."""

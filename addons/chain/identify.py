@@ -25,8 +25,20 @@ class Identify:
     @fail_closed
     async def http_connect(self, flow: http.HTTPFlow) -> None:
         value = flow.request.headers.pop("proxy-authorization", None)
-        if value is None or self.gw.compiled is None:
-            return  # the requests inside may still be signed, or come from a known address
+        if self.gw.compiled is None:
+            return
+        if value is None:
+            # No byte is relayed for an unidentified caller (SPEC 12): whatever follows in the tunnel
+            # (TLS, plain HTTP, raw TCP to a database) it is refused here, before the tunnel opens.
+            peer = flow.client_conn.peername
+            known = peer is not None and self.gw.compiled.apps.by_address(peer[0]) is not None
+            if not known and self.gw.compiled.gateway.require_app:
+                call = self.gw.call(flow)
+                call.error = "CONNECT without proxy credentials"
+                answer(flow, call, Code.CALLER_UNIDENTIFIED, "caller not identified: send app credentials "
+                       "(Proxy-Authorization) on the CONNECT", headers=CHALLENGE)
+                self.gw.finish(flow)
+            return
         credentials = parse_basic(value)
         apps = self.gw.compiled.apps
         if credentials is None or not apps.check_password(*credentials):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable
 
 from mitmproxy import http
 from mitmproxy.net.http import status_codes
@@ -119,7 +120,7 @@ class Route:
         except Exception as exc:  # the answer is the provider's; it still goes to the caller
             log.error("gateway: responseheaders failed for %s: %s", call.request_id, type(exc).__name__)
 
-    def on_request(self, flow: http.HTTPFlow) -> None:
+    def on_request(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
         call = self.gw.call(flow)
         compiled = self.gw.compiled
         assert compiled is not None
@@ -140,7 +141,8 @@ class Route:
                                        f"egress to {call.host} is not allowed (no service owns it)")
                 request.headers["X-Request-ID"] = call.request_id
                 request.headers.pop("x-gateway-envelope", None)
-                return
+                # Where it may go is checked on the resolved address (SPEC 12): that needs DNS.
+                return self.gw.egress.admit(flow, call) if self.gw.egress is not None else None
             call.route = route
             call.service, call.method = route.service, route.method
             if is_upgrade(request):
@@ -162,3 +164,4 @@ class Route:
             call.raw = mode == "raw" if mode else bool(runtime and runtime.raw)
         except GatewayError as error:
             fail(flow, call, error, None)
+        return None

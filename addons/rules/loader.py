@@ -357,6 +357,9 @@ class _Collector:
             self.rules.source_of[key] = doc.file
             if any(p[: len(prefix)] == prefix for p in doc.missing):
                 self.rules.disabled_apps[name] = _missing_reason(doc, prefix)[0]
+            elif spec is not None and spec.secret is not None and not spec.secret.get_secret_value().strip():
+                # Anyone could sign as an app with an empty HMAC key: disabled like an unset secret.
+                self.rules.disabled_apps[name] = "its secret is empty"
             elif spec is not None:
                 self.rules.apps[name] = spec
 

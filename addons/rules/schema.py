@@ -185,6 +185,12 @@ def _check_pattern(value: str) -> str:
     return value
 
 
+def _check_host_pattern(value: str) -> str:
+    if not re.match(r"^(\*\.)?[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*\.?$", value.strip()):
+        raise ValueError(f"passthrough pattern {value!r} must be a host name or '*.domain'")
+    return value.strip().lower().rstrip(".")
+
+
 class AppQuotaSpec(Model):
     limit: RateField
     per: Literal["app"] = "app"
@@ -197,6 +203,8 @@ class AppSpec(Model):
     allow: list[Annotated[str, AfterValidator(_check_pattern)]] = ["*"]
     quota: list[AppQuotaSpec] = []
     envelope: Literal["raw", "unified"] | None = None
+    # Hosts no service owns that this app may reach (SPEC 12); None: whatever unknown_hosts allows.
+    passthrough: list[Annotated[str, AfterValidator(_check_host_pattern)]] | None = None
 
     @field_validator("sources", mode="before")
     @classmethod
@@ -227,6 +235,20 @@ class RedactRule(Model):
         return value
 
 
+class EgressSpec(Model):
+    """Where pass-through traffic may connect (SPEC 12)."""
+
+    deny_private: bool = True
+    allow_cidrs: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+
+    @field_validator("allow_cidrs", mode="before")
+    @classmethod
+    def _networks(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            return [ipaddress.ip_network(v, strict=False) if isinstance(v, str) else v for v in value]
+        return value
+
+
 class GatewaySpec(Model):
     require_app: bool = True
     unknown_hosts: Literal["allow", "deny"] = "allow"
@@ -238,6 +260,7 @@ class GatewaySpec(Model):
     client_idle: Annotated[Duration, Field(gt=0)] = 60.0
     header_timeout: Annotated[Duration, Field(gt=0)] = 10.0
     cache: GatewayCacheSpec = GatewayCacheSpec()
+    egress: EgressSpec = EgressSpec()
 
 
 class AppsFile(Model):

@@ -1,0 +1,15 @@
+"""mitmdump whose proxy listeners set SO_REUSEPORT, so GATEWAY_WORKERS processes share one port
+(see addons/chain/reuseport.py). Arguments are mitmdump's."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from addons.chain.reuseport import share_listen_port  # noqa: E402
+
+share_listen_port()
+
+from mitmproxy.tools.main import mitmdump  # noqa: E402
+
+sys.exit(mitmdump())
