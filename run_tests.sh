@@ -8,5 +8,6 @@ gw_ensure_venv test
 gw_apt_ensure redis-server redis-server || gw_log "gateway: redis-server unavailable; Redis tests will be skipped"
 gw_apt_ensure haproxy haproxy || gw_log "gateway: haproxy unavailable; GATEWAY_WORKERS tests will be skipped"
 gw_apt_ensure curl curl || true
+gw_apt_ensure chromium chromium || gw_log "gateway: chromium unavailable; the status page browser test will be skipped"
 "$GW_PY" -m ruff check addons tests bench
 exec "$GW_PY" -m pytest -p no:cacheprovider "$@"

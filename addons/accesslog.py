@@ -39,6 +39,7 @@ def log_record(call: Call, redactor: Redactor) -> dict[str, Any]:
         "upstream_ms": None if call.upstream_ms is None else round(call.upstream_ms, 2),
         "error": redactor.text(call.error) if call.error else None,
         **({"degraded": "state"} if call.degraded else {}),
+        **({"trace_id": call.trace_id} if call.trace_id else {}),
     }
 
 

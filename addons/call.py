@@ -7,7 +7,7 @@ import os
 import re
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from addons.rules.router import Route
@@ -52,6 +52,8 @@ class Call:
     raw: bool = False  # the caller gets the provider's body as it is
     headers: dict[str, str] = field(default_factory=dict)  # added to the caller's answer
     logged: bool = False
+    span: Any = None  # the call's trace span, while tracing is on (addons/tracing)
+    trace_id: str | None = None
 
     @property
     def rule(self) -> str:

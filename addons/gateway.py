@@ -24,6 +24,7 @@ from addons.chain.quota import Quota  # noqa: E402
 from addons.chain.route import Route  # noqa: E402
 from addons.chain.rules import Rules  # noqa: E402
 from addons.chain.state import State  # noqa: E402
+from addons.chain.tracing import Tracing  # noqa: E402
 from addons.chain.watch import Watch  # noqa: E402
 from addons.chain.websocket import WebSockets  # noqa: E402
 from addons.chain.webview import HideProxyAuth, WebView  # noqa: E402
@@ -45,7 +46,8 @@ addons = [
     State(gw),         # gateway_redis: memory or Redis state with the state_failure fallback
     rules,             # gateway_rules: load, validate, swap the rule set
     watch,             # reload on file change / SIGHUP / gateway.reload; gateway_rules_url feed
-    Admin(gw, watch),  # gateway_admin: /metrics /healthz /readyz /status
+    Admin(gw, watch),  # gateway_admin: /metrics /healthz /readyz /status, the status page at /
+    Tracing(gw),       # gateway_otlp: OpenTelemetry traces over OTLP/HTTP (off when unset)
     *steps,
     CallPipeline(gw, *steps),  # runs the steps above, in order, from one request hook
     WebSockets(gw),    # pass-through WebSockets keep only their newest message (bounded memory)

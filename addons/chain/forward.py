@@ -58,7 +58,13 @@ class Forward:
                                 data=verdict.data)
             else:
                 base = outbound_from(flow, call.request_id, method, route.path, route.consumed)
-                result = await forward(runtime, base, call.rule, method, self.gw.http(), self.gw.metrics)
+                on_attempt = None
+                if call.span is not None:
+                    from addons.chain.tracing import attempt_hook
+
+                    on_attempt = attempt_hook(self.gw, call)
+                result = await forward(runtime, base, call.rule, method, self.gw.http(), self.gw.metrics,
+                                       on_attempt)
         except GatewayError as error:
             fail(flow, call, error, call.rule)
             return
