@@ -21,7 +21,7 @@ _WINDOWS = {1: "s", 60: "min", 3600: "hour", 86400: "day"}
 
 _STYLE = """
 body{font:14px/1.4 system-ui,sans-serif;margin:1.5em;color:#222}
-h1{font-size:1.4em;margin:0 0 .2em} h2{font-size:1.1em;margin:1.4em 0 .4em}
+h1{font-size:1.4em;margin:0 0 .2em} h2{font-size:1.15em;margin:1.4em 0 .4em} h3{font-size:1em;margin:.8em 0 .2em}
 table{border-collapse:collapse;margin:.2em 0} th,td{border:1px solid #ccc;padding:.25em .6em;text-align:left;
 vertical-align:top} th{background:#f3f3f3} .up{color:#070} .down{color:#b00;font-weight:bold}
 .half-open{color:#a60} .muted{color:#777} .err{color:#b00} code{font-size:.95em}
