@@ -7,6 +7,7 @@
 #   GATEWAY_ADMIN   admin listener host:port, or off  (default 127.0.0.1:9091)
 #   GATEWAY_LOG     access-log file                   (default: stdout)
 #   GATEWAY_RULES_URL  URL polled for remote rules    (default: none)
+#   GATEWAY_OTLP    OTLP/HTTP collector for traces    (default: no tracing)
 #   GATEWAY_UI=web  run mitmweb instead of mitmdump
 #   GATEWAY_WORKERS=N  N mitmdump processes behind haproxy on the listen address
 set -euo pipefail
@@ -46,6 +47,7 @@ add_default gateway_rules "${GATEWAY_RULES:-$GW_ROOT/rules}"
 add_default gateway_redis "${GATEWAY_REDIS:-}"
 add_default gateway_log "${GATEWAY_LOG:-}"
 add_default gateway_rules_url "${GATEWAY_RULES_URL:-}"
+add_default gateway_otlp "${GATEWAY_OTLP:-}"
 add_default flow_detail 0
 
 workers="${GATEWAY_WORKERS:-1}"
