@@ -15,6 +15,7 @@ Everything runs on this machine, on 127.0.0.1 and free ports, and is stopped at 
   gw-mem      wrk    through the gateway, in-memory state (``./run_proxy.sh``)
   gw-redis    wrk    through the gateway with its own redis-server on a free port
   gw-workers  wrk    ``GATEWAY_WORKERS=2 GATEWAY_REDIS=...``: 2 mitmdump behind haproxy
+  gw-trace    wrk    gw-mem with tracing on (``GATEWAY_OTLP``) to a local OTLP sink (bench/otlp_sink.py)
   bare-https  hey    bare mitmdump, HTTPS through CONNECT (client trusts certs/ CA; upstream TLS)
   gw-https    hey    the gateway (memory store), HTTPS through CONNECT to bench.upstream.test
   ==========  =====  ==========================================================================
@@ -77,24 +78,26 @@ BENCH_PATH = "/bench"
 APP = "bench"
 EXIT_MISSING_TOOL = 77
 
-ALL_ROWS = ["direct", "bare", "gw-mem", "gw-redis", "gw-workers", "bare-https", "gw-https"]
+ALL_ROWS = ["direct", "bare", "gw-mem", "gw-redis", "gw-workers", "gw-trace", "bare-https", "gw-https"]
 LABELS = {
     "direct": "direct to nginx",
     "bare": "bare mitmdump",
     "gw-mem": "gateway, memory store",
     "gw-redis": "gateway, Redis",
     "gw-workers": "gateway, 2 workers + haproxy, Redis",
+    "gw-trace": "gateway, memory, tracing to OTLP sink",
     "bare-https": "bare mitmdump, HTTPS CONNECT",
     "gw-https": "gateway, memory, HTTPS CONNECT",
 }
 # Each measured row is compared with this one; gateway rows are measured right beside it.
-BASELINE = {"direct": "bare", "gw-mem": "bare", "gw-redis": "bare", "gw-workers": "bare",
+BASELINE = {"direct": "bare", "gw-mem": "bare", "gw-redis": "bare", "gw-workers": "bare", "gw-trace": "bare",
             "gw-https": "bare-https"}
-PAIRED = {"gw-mem", "gw-redis", "gw-workers", "gw-https"}
+PAIRED = {"gw-mem", "gw-redis", "gw-workers", "gw-trace", "gw-https"}
 # The process serving each row.
 SERVER_OF = {"direct": "nginx", "bare": "bare", "bare-https": "bare", "gw-mem": "gw-mem",
-             "gw-redis": "gw-redis", "gw-workers": "gw-workers", "gw-https": "gw-mem"}
-GATEWAYS = ("gw-mem", "gw-redis", "gw-workers")
+             "gw-redis": "gw-redis", "gw-workers": "gw-workers", "gw-trace": "gw-trace", "gw-https": "gw-mem"}
+GATEWAYS = ("gw-mem", "gw-redis", "gw-workers", "gw-trace")
+REDIS_FREE = ("gw-mem", "gw-trace")  # gateways on the memory store
 
 
 class BenchError(Exception):
@@ -236,6 +239,7 @@ class Stack:
         self.tls_port = 0
         self.bare_port = 0
         self.redis_port = 0
+        self.otlp_port = 0
         self.gateways: dict[str, Gateway] = {}
         self.failed: dict[str, str] = {}  # server name -> why it is not available
 
@@ -252,10 +256,15 @@ class Stack:
         for name, starter in (("bare", self._start_bare), ("redis", self._start_redis)):
             if name in servers:
                 self._try(name, starter)
+        if "gw-trace" in servers:
+            self._try("otlp", self._start_otlp_sink)
         for name in GATEWAYS:
             if name not in servers:
                 continue
-            if name != "gw-mem" and "redis" in self.failed:
+            if name == "gw-trace" and "otlp" in self.failed:
+                self.failed[name] = f"OTLP sink: {self.failed['otlp']}"
+                continue
+            if name not in REDIS_FREE and "redis" in self.failed:
                 self.failed[name] = f"redis-server: {self.failed['redis']}"
                 continue
             self._try(name, lambda name=name: self._start_gateway(name))
@@ -299,6 +308,19 @@ class Stack:
                                    "--save", "", "--appendonly", "no", "--dir", str(self.workdir)], log=log)
         self.procs.wait_port("redis", self.redis_port, 15, log)
 
+    def _start_otlp_sink(self) -> None:
+        self.otlp_port = free_port()
+        log = self.workdir / "otlp.out"
+        self.procs.start("otlp", [sys.executable, str(HERE / "otlp_sink.py"), str(self.otlp_port)], log=log)
+        self.procs.wait_port("otlp", self.otlp_port, 15, log)
+
+    def otlp_received(self) -> dict[str, int] | None:
+        try:
+            status, body = http_get(self.otlp_port, "/count", f"127.0.0.1:{self.otlp_port}", {})
+        except OSError:
+            return None
+        return json.loads(body) if status == 200 else None
+
     def _mitm_common(self) -> list[str]:
         # The options run_proxy.sh gives the gateway, less the chain itself.
         return ["--set", f"confdir={ROOT / 'certs'}", "--set", "connection_strategy=lazy",
@@ -337,7 +359,10 @@ class Stack:
                    BENCH_UPSTREAM=self.upstream, BENCH_KEY=self.api_key, BENCH_SECRET=self.app_secret)
         env.pop("GATEWAY_RULES_URL", None)
         env.pop("GATEWAY_UI", None)
-        if name == "gw-mem":
+        env.pop("GATEWAY_OTLP", None)
+        if name == "gw-trace":
+            env["GATEWAY_OTLP"] = f"http://127.0.0.1:{self.otlp_port}"
+        if name in REDIS_FREE:
             env.pop("GATEWAY_REDIS", None)
         else:
             env["GATEWAY_REDIS"] = f"redis://127.0.0.1:{self.redis_port}/{1 if name == 'gw-workers' else 0}"
@@ -620,7 +645,8 @@ def schedule(rows: list[str], rounds: int) -> list[tuple[int, int | None, str]]:
         pair = 0
         if "direct" in rows:
             plan.append((r, None, "direct"))
-        for base, members in (("bare", ["gw-mem", "gw-redis", "gw-workers"]), ("bare-https", ["gw-https"])):
+        for base, members in (("bare", ["gw-mem", "gw-redis", "gw-workers", "gw-trace"]),
+                              ("bare-https", ["gw-https"])):
             chosen = [m for m in members if m in rows]
             if not chosen and base in rows:
                 plan.append((r, None, base))
@@ -910,6 +936,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.soak:
             soak_result = soak(args, stack, procs)
         problems = check_gateways(stack)
+        if "gw-trace" in stack.gateways:
+            received = stack.otlp_received()
+            stack.gateways["gw-trace"].checks["otlp_received"] = received
+            if not received or not received.get("posts"):
+                problems.append("gw-trace: the OTLP sink received no spans")
     finally:
         procs.stop_all()
     if script_mtime is not None and script.exists() and script.stat().st_mtime != script_mtime and stack.gateways:
