@@ -21,7 +21,7 @@ SPEC_FEATURE_METRICS = {
     "gateway_queue_depth": "gauge",
     "gateway_provider_quota_remaining": "gauge",
 }
-EXTRA = {"gateway_trace_export_failures_total": "counter"}  # added by addons/chain/tracing.py
+EXTRA = {"gateway_trace_spans_dropped_total": "counter"}  # added by addons/chain/tracing.py
 SPEC_10 = {
     "gateway_requests_total", "gateway_request_duration_seconds", "gateway_upstream_duration_seconds",
     "gateway_retries_total", "gateway_quota_rejections_total", "gateway_upstream_up",

@@ -187,12 +187,12 @@ def test_call_and_attempt_spans_continue_the_callers_trace(tmp_path: Path, confd
     assert resource["service.name"] == "egress-gateway"
 
 
-def metric_value(gw: Gateway, name: str) -> float:
+def metric_value(gw: Gateway, series: str) -> float | None:
     text = requests.get(f"{gw.admin}/metrics", timeout=5).text
     for line in text.splitlines():
-        if line.startswith(name + " "):
+        if line.startswith(series + " "):
             return float(line.split()[1])
-    return 0.0
+    return None
 
 
 def test_a_dead_collector_costs_nothing_but_a_counter(tmp_path: Path, confdir: Path, fake: FakeProvider,
@@ -209,8 +209,9 @@ def test_a_dead_collector_costs_nothing_but_a_counter(tmp_path: Path, confdir: P
         assert answer.json()["code"] == 0
         # No call waits for the collector (its export timeout is 2 s).
         assert time.monotonic() - started < 1.5
-    wait_until(lambda: metric_value(gw, "gateway_trace_export_failures_total") >= 1, 20,
-               what="the export failure counted")
+    failed = 'gateway_trace_spans_dropped_total{reason="export_failed"}'
+    wait_until(lambda: (metric_value(gw, failed) or 0) >= 1, 20, what="the export failure counted")
+    assert metric_value(gw, 'gateway_trace_spans_dropped_total{reason="queue_full"}') == 0
     # And calls keep being served while the exporter fails.
     assert session.get("http://api.demo.test/hello", proxies=proxies, timeout=10).json()["code"] == 0
     assert len(fake.hits("/hello")) == 21

@@ -24,7 +24,7 @@ class Tracing:
     def __init__(self, gw: GatewayContext) -> None:
         self.gw = gw
         self.endpoint = ""
-        self._failed: Counter | None = None
+        self._dropped: Counter | None = None
 
     def load(self, loader) -> None:  # type: ignore[no-untyped-def]
         loader.add_option("gateway_otlp", str, "",
@@ -45,7 +45,17 @@ class Tracing:
                 traces_endpoint(endpoint)
             except ValueError as exc:
                 raise exceptions.OptionsError(str(exc)) from None
-            tracer = Tracer(endpoint, on_failed=self._count_failed)
+            if self._dropped is None:
+                # Both reasons exist at 0 from the start, so an alert on increase(...) works at once.
+                self._dropped = Counter("gateway_trace_spans_dropped_total",
+                                        "Spans not delivered to the collector: export_failed (collector down or "
+                                        "refusing) or queue_full (export slower than calls).", ["reason"],
+                                        registry=self.gw.metrics.registry)
+                for reason in ("export_failed", "queue_full"):
+                    self._dropped.labels(reason)
+            dropped = self._dropped
+            tracer = Tracer(endpoint, on_failed=dropped.labels("export_failed").inc,
+                            on_dropped=dropped.labels("queue_full").inc)
         old, self.gw.tracer, self.endpoint = self.gw.tracer, tracer, endpoint
         if old is not None:
             old.shutdown()
@@ -56,14 +66,6 @@ class Tracing:
         tracer, self.gw.tracer = self.gw.tracer, None
         if tracer is not None:
             tracer.shutdown()
-
-    def _count_failed(self, spans: int) -> None:
-        # Called from the exporter's thread; prometheus_client counters are thread-safe.
-        if self._failed is None:
-            self._failed = Counter("gateway_trace_export_failures_total",
-                                   "Spans the OTLP exporter could not deliver (collector down or refusing).",
-                                   registry=self.gw.metrics.registry)
-        self._failed.inc(spans)
 
 
 def start_call(gw: GatewayContext, flow: http.HTTPFlow, call: Call) -> None:

@@ -9,9 +9,9 @@ exporter. No mitmproxy here: the chain's glue (`addons/chain/tracing.py`) builds
 
 With `gateway_otlp` unset no Tracer exists and the call path only tests `gw.tracer is None`.
 
-Export never touches the event loop: spans are queued (bounded: a full queue drops spans rather than
-grow) and a worker thread posts them in batches. A collector that is down costs the worker its time
-and `failed_spans` a count, nothing else."""
+Export never touches the event loop: spans are queued (bounded: a full queue drops new spans rather
+than grow, and counts them) and a worker thread posts them in batches. A collector that is down costs
+the worker its time and a count of the spans it could not deliver, nothing else."""
 
 from __future__ import annotations
 
@@ -21,9 +21,10 @@ from collections.abc import Callable, MutableMapping, Sequence
 from typing import Any
 
 from opentelemetry import trace
+from opentelemetry.context import Context
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
@@ -51,7 +52,7 @@ class CountingExporter(SpanExporter):
         self.inner = inner
         self.on_failed = on_failed
         self.failed_spans = 0
-        self.exported_spans = 0
+        self.exported_spans = 0  # delivered; exported + failed = every span the exporter was handed
         self._warned = False
         self._lock = threading.Lock()
 
@@ -72,6 +73,43 @@ class CountingExporter(SpanExporter):
         if self.on_failed is not None:
             self.on_failed(len(spans))
         return result
+
+    def shutdown(self) -> None:
+        self.inner.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return self.inner.force_flush(timeout_millis)
+
+
+class BoundedProcessor(SpanProcessor):
+    """The SDK's batch processor behind a bound of its own: at most `max_queue` ended spans not yet
+    through the exporter. Beyond that a new span is dropped and counted, on the event loop, without
+    the SDK's own per-span "queue full" warning (which would log once per call while a collector
+    is slow) and without evicting older spans."""
+
+    def __init__(self, exporter: CountingExporter, max_queue: int, batch: int, delay_ms: int,
+                 export_timeout_ms: int, on_dropped: Callable[[int], None] | None = None) -> None:
+        self.exporter = exporter
+        self.max_queue = max_queue
+        self.on_dropped = on_dropped
+        self.queued = 0
+        self.dropped = 0
+        # Room for a whole batch in flight beside the bound, so the inner queue is never the one to drop.
+        self.inner = BatchSpanProcessor(exporter, max_queue_size=max_queue + batch, max_export_batch_size=batch,
+                                        schedule_delay_millis=delay_ms, export_timeout_millis=export_timeout_ms)
+
+    def on_start(self, span: Span, parent_context: Context | None = None) -> None:
+        pass
+
+    def on_end(self, span: ReadableSpan) -> None:
+        done = self.exporter.exported_spans + self.exporter.failed_spans
+        if self.queued - done >= self.max_queue:
+            self.dropped += 1
+            if self.on_dropped is not None:
+                self.on_dropped(1)
+            return
+        self.queued += 1
+        self.inner.on_end(span)
 
     def shutdown(self) -> None:
         self.inner.shutdown()
@@ -166,14 +204,15 @@ class Tracer:
 
     def __init__(self, endpoint: str, *, max_queue: int = 2048, batch: int = 512, delay_ms: int = 1000,
                  export_timeout: float = 2.0, on_failed: Callable[[int], None] | None = None,
-                 exporter: SpanExporter | None = None) -> None:
+                 on_dropped: Callable[[int], None] | None = None, exporter: SpanExporter | None = None) -> None:
         self.endpoint = traces_endpoint(endpoint) if exporter is None else endpoint
         inner = exporter or OTLPSpanExporter(endpoint=self.endpoint, timeout=export_timeout)
+        # CountingExporter says once per outage what failed; the exporter's own line per batch would repeat it.
+        logging.getLogger("opentelemetry.exporter.otlp.proto.http").setLevel(logging.CRITICAL)
         self.exporter = CountingExporter(inner, on_failed)
         self.provider = TracerProvider(resource=Resource.create({"service.name": SERVICE_NAME}))
-        self.processor = BatchSpanProcessor(self.exporter, max_queue_size=max_queue, max_export_batch_size=batch,
-                                            schedule_delay_millis=delay_ms,
-                                            export_timeout_millis=int(export_timeout * 1000))
+        self.processor = BoundedProcessor(self.exporter, max_queue, batch, delay_ms, int(export_timeout * 1000),
+                                          on_dropped)
         self.provider.add_span_processor(self.processor)
         self._tracer = self.provider.get_tracer("addons.tracing")
 
@@ -195,7 +234,8 @@ class Tracer:
 
     def status(self) -> dict[str, Any]:
         return {"endpoint": self.endpoint, "exported_spans": self.exporter.exported_spans,
-                "failed_spans": self.exporter.failed_spans}
+                "failed_spans": self.exporter.failed_spans, "dropped_queue_full": self.processor.dropped,
+                "queued": self.processor.queued - self.exporter.exported_spans - self.exporter.failed_spans}
 
     def shutdown(self) -> None:
         try:
