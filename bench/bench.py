@@ -85,7 +85,7 @@ LABELS = {
     "gw-mem": "gateway, memory store",
     "gw-redis": "gateway, Redis",
     "gw-workers": "gateway, 2 workers + haproxy, Redis",
-    "gw-trace": "gateway, memory, tracing to OTLP sink",
+    "gw-trace": "gateway, memory, traces to OTLP",
     "bare-https": "bare mitmdump, HTTPS CONNECT",
     "gw-https": "gateway, memory, HTTPS CONNECT",
 }

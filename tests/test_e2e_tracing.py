@@ -100,7 +100,7 @@ def collector() -> Iterator[Collector]:
     c.close()
 
 
-def rules(tmp_path: Path, fake: FakeProvider) -> Path:
+def rules(tmp_path: Path, fake: FakeProvider, unknown_hosts: str = "deny") -> Path:
     return write_rules(tmp_path / "rules", {
         "demo.yaml": f"""
             service: demo
@@ -115,7 +115,7 @@ def rules(tmp_path: Path, fake: FakeProvider) -> Path:
         "apps.yaml": f"""
             apps:
               {APP}: {{secret: {APP_SECRET}}}
-            gateway: {{require_app: true, unknown_hosts: deny}}
+            gateway: {{require_app: true, unknown_hosts: {unknown_hosts}}}
         """,
     })
 
@@ -185,6 +185,25 @@ def test_call_and_attempt_spans_continue_the_callers_trace(tmp_path: Path, confd
     with collector.lock:
         resource = collector.spans[0][0]
     assert resource["service.name"] == "egress-gateway"
+
+
+def test_a_passthrough_call_is_one_span_and_the_host_sees_it_as_parent(
+        tmp_path: Path, confdir: Path, fake: FakeProvider, collector: Collector, gateways: list[Gateway]) -> None:
+    other = FakeProvider()  # a host no service owns: forwarded by mitmproxy itself
+    try:
+        other.on("GET", "/open", Reply(200, {"open": True}))
+        gw = Gateway(rules(tmp_path, fake, unknown_hosts="allow"), confdir, env={"DEMO_KEY": INJECTED},
+                     args=["--set", f"gateway_otlp={collector.url}"])
+        gateways.append(gw.start())
+        answer = requests.get(f"{other.url}/open", proxies=gw.proxies(APP, APP_SECRET), timeout=10,
+                              headers={"traceparent": f"00-{CALLER_TRACE}-{CALLER_SPAN}-01"})
+        assert answer.status_code == 200 and answer.json() == {"open": True}
+        (span,) = collector.trace(CALLER_TRACE, 1)
+        assert span.name == "gateway.call" and span.parent_span_id.hex() == CALLER_SPAN
+        assert attributes(span.attributes)["http.response.status_code"] == 200
+        assert other.hits("/open")[0].headers["traceparent"] == f"00-{CALLER_TRACE}-{span.span_id.hex()}-01"
+    finally:
+        other.close()
 
 
 def metric_value(gw: Gateway, series: str) -> float | None:
