@@ -111,3 +111,32 @@ def test_quota_use_shows_the_current_window_and_resets_after_it() -> None:
     for i in range(30):  # bounded however many counters appear
         use.note([QuotaCheck(f"app:x{i}", 1, 1)], Admission(True, remaining=(0,)), now)
     assert len(use.current(now)) <= 12
+
+
+class AsyncCache:
+    async def status(self) -> dict:
+        return {"entries": 3, "memory": {"used": 1024}, "token": "must-not-show"}
+
+
+class BrokenQueues:
+    def stats(self) -> dict:
+        raise RuntimeError("boom")
+
+
+async def test_feature_figures_are_read_defensively_and_redacted() -> None:
+    from addons.chain.admin import Admin
+    from addons.chain.context import GatewayContext
+    from addons.chain.statuspage import features
+
+    gw = GatewayContext()
+    shown = await features(Admin(gw))
+    assert shown == {"cache": None, "queues": None, "tracing": None}  # none of them runs here
+    gw.cache = AsyncCache()  # type: ignore[attr-defined]
+    gw.queues = BrokenQueues()  # type: ignore[attr-defined]
+    gw.status_providers = {"shaping": lambda: {"waiting": 2}}  # type: ignore[attr-defined]
+    shown = await features(Admin(gw))
+    assert shown["cache"] == {"entries": 3, "memory": {"used": 1024}, "token": "***"}
+    assert shown["queues"] == {"error": "unavailable (RuntimeError)"}
+    assert shown["shaping"] == {"waiting": 2}
+    text = "".join(parsed(render(PageInput(status=status_document(), features=shown))).text)
+    assert "memory.used" in text and "must-not-show" not in text

@@ -214,7 +214,7 @@ class Admin:
         from addons.chain.statuspage import page_html
 
         try:
-            text = page_html(self)
+            text = await page_html(self)
         except Exception as exc:  # never a traceback (which may quote data) on the page
             log.error("gateway: status page failed: %s", type(exc).__name__, exc_info=log.isEnabledFor(logging.DEBUG))
             return web.Response(text=f"status page unavailable ({type(exc).__name__})\n", status=500)

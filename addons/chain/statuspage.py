@@ -1,10 +1,13 @@
 """Gathers what the status page at the admin root shows (SPEC 19) and renders it with
 `addons.statuspage`. Optional features are read defensively through a small provider interface:
 `gw.<name>` (or an entry of `gw.status_providers`) with a `status()` or `stats()` method returning a
-mapping of figures; a feature that is absent shows as "-"."""
+mapping of figures, or an awaitable of one (awaited for at most a second: a Redis-backed feature that
+hangs must not hang the page); a feature that is absent shows as "-"."""
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import logging
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -23,22 +26,28 @@ FEATURES: tuple[tuple[str, tuple[str, ...]], ...] = (
 )
 
 
-def figures_of(provider: object) -> Mapping[str, Any] | None:
+FIGURES_TIMEOUT = 1.0
+
+
+async def _value(value: Any) -> Mapping[str, Any] | None:
+    if inspect.isawaitable(value):
+        value = await asyncio.wait_for(value, FIGURES_TIMEOUT)
+    return value if isinstance(value, Mapping) else None
+
+
+async def figures_of(provider: object) -> Mapping[str, Any] | None:
     if provider is None:
         return None
     if callable(provider) and not hasattr(provider, "status") and not hasattr(provider, "stats"):
-        value = provider()
-        return value if isinstance(value, Mapping) else None
+        return await _value(provider())
     for name in ("status", "stats"):
         method: Callable[[], Any] | None = getattr(provider, name, None)
         if callable(method):
-            value = method()
-            if isinstance(value, Mapping):
-                return value
+            return await _value(method())
     return None
 
 
-def features(admin: Admin) -> dict[str, Mapping[str, Any] | None]:
+async def features(admin: Admin) -> dict[str, Mapping[str, Any] | None]:
     from addons.chain.admin import clean
 
     gw = admin.gw
@@ -50,7 +59,7 @@ def features(admin: Admin) -> dict[str, Mapping[str, Any] | None]:
     providers["tracing"] = gw.tracer
     for name, provider in providers.items():
         try:
-            figures = figures_of(provider)
+            figures = await figures_of(provider)
         except Exception as exc:  # a feature's own failure must not take the page down
             log.warning("gateway: status page: %s figures unavailable: %s", name, type(exc).__name__)
             figures = {"error": f"unavailable ({type(exc).__name__})"}
@@ -58,7 +67,8 @@ def features(admin: Admin) -> dict[str, Mapping[str, Any] | None]:
     return shown
 
 
-def page_html(admin: Admin) -> str:
+async def page_html(admin: Admin) -> str:
     gw = admin.gw
+    shown = await features(admin)
     return render(PageInput(status=admin.status_document(), failures=gw.recent_failures.newest_first(),
-                            quotas=gw.quota_use.current(), features=features(admin)))
+                            quotas=gw.quota_use.current(), features=shown))

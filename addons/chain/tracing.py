@@ -106,6 +106,9 @@ def end_call(gw: GatewayContext, call: Call) -> None:
     span: CallSpan = call.span
     call.span = None
     error = call.message or call.error
+    # The response cache's verdict (hit, miss, stale, bypass), where the call carries one.
+    cache = getattr(call, "cache", None)
+    cache = getattr(cache, "result", cache)
     span.end(app=call.app, service=call.service, method=call.method, code=call.code, status=call.status,
-             attempts=call.attempts, cache=getattr(call, "cache", None),
+             attempts=call.attempts, cache=cache if isinstance(cache, str) else None,
              error=gw.redactor.text(error) if error else "")
