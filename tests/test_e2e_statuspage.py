@@ -9,6 +9,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -120,10 +121,22 @@ def check_page(text: str, tags: set[str]) -> None:
         assert secret not in text
 
 
-def test_status_page_over_http(tmp_path: Path, confdir: Path, fake: FakeProvider, gateways: list[Gateway]) -> None:
-    gw = Gateway(rules(tmp_path, fake), confdir, env={"DEMO_KEY": INJECTED})
-    gateways.append(gw.start())
-    traffic(gw, fake)
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory, confdir: Path) -> Iterator[Gateway]:
+    """One gateway after the traffic above, shared by the page's readers (they only read)."""
+    fake = FakeProvider()
+    gw = Gateway(rules(tmp_path_factory.mktemp("page"), fake), confdir, env={"DEMO_KEY": INJECTED})
+    try:
+        gw.start()
+        traffic(gw, fake)
+        yield gw
+    finally:
+        gw.stop()
+        fake.close()
+
+
+def test_status_page_over_http(served: Gateway) -> None:
+    gw = served
     answer = requests.get(f"{gw.admin}/", timeout=5)
     assert answer.status_code == 200 and answer.headers["Content-Type"].startswith("text/html")
     assert '<meta http-equiv="refresh" content="10">' in answer.text
@@ -139,12 +152,9 @@ def chromium() -> str:
     pytest.skip("Debian's chromium is not installed (run_tests.sh installs it with apt when run as root)")
 
 
-def test_status_page_in_headless_chromium(tmp_path: Path, confdir: Path, fake: FakeProvider,
-                                          gateways: list[Gateway]) -> None:
+def test_status_page_in_headless_chromium(served: Gateway) -> None:
     browser = chromium()
-    gw = Gateway(rules(tmp_path, fake), confdir, env={"DEMO_KEY": INJECTED})
-    gateways.append(gw.start())
-    traffic(gw, fake)
+    gw = served
     with tempfile.TemporaryDirectory() as profile:
         # --dump-dom serialises the page after Chromium loaded and laid it out (it needs JavaScript
         # on to do so, so the page's independence from scripts is checked by it having none: no
