@@ -8,6 +8,7 @@
 #   GATEWAY_LOG     access-log file                   (default: stdout)
 #   GATEWAY_CONFDIR mitmproxy confdir: the CA         (default ./certs)
 #   GATEWAY_RULES_URL  URL polled for remote rules    (default: none)
+#   GATEWAY_OTLP    OTLP/HTTP collector for traces    (default: no tracing)
 #   GATEWAY_UI=web  run mitmweb instead of mitmdump
 #   GATEWAY_WORKERS=N  N mitmdump processes sharing the listen address (SO_REUSEPORT)
 set -euo pipefail
@@ -47,6 +48,7 @@ add_default gateway_rules "${GATEWAY_RULES:-$GW_ROOT/rules}"
 add_default gateway_redis "${GATEWAY_REDIS:-}"
 add_default gateway_log "${GATEWAY_LOG:-}"
 add_default gateway_rules_url "${GATEWAY_RULES_URL:-}"
+add_default gateway_otlp "${GATEWAY_OTLP:-}"
 add_default flow_detail 0
 
 workers="${GATEWAY_WORKERS:-1}"

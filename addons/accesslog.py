@@ -40,6 +40,7 @@ def log_record(call: Call, redactor: Redactor) -> dict[str, Any]:
         "error": redactor.text(call.error) if call.error else None,
         **({"degraded": "state"} if call.degraded else {}),
         **({"cache": call.cache.result} if call.cache is not None else {}),
+        **({"trace_id": call.trace_id} if call.trace_id else {}),
     }
 
 

@@ -7,7 +7,7 @@ import os
 import re
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from addons.cache.policy import CallCache
@@ -54,6 +54,8 @@ class Call:
     headers: dict[str, str] = field(default_factory=dict)  # added to the caller's answer
     logged: bool = False
     cache: CallCache | None = None  # set for calls of a method with a `cache:` block
+    span: Any = None  # the call's trace span, while tracing is on (addons/tracing)
+    trace_id: str | None = None
 
     @property
     def rule(self) -> str:

@@ -27,6 +27,7 @@ from addons.chain.quota import Quota  # noqa: E402
 from addons.chain.route import Route  # noqa: E402
 from addons.chain.rules import Rules  # noqa: E402
 from addons.chain.state import State  # noqa: E402
+from addons.chain.tracing import Tracing  # noqa: E402
 from addons.chain.watch import Watch  # noqa: E402
 from addons.chain.websocket import WebSockets  # noqa: E402
 from addons.chain.webview import HideProxyAuth, WebView  # noqa: E402
@@ -51,8 +52,9 @@ addons = [
     cache,             # the response cache's store (memory, or Redis with gateway_redis)
     rules,             # gateway_rules: load, validate, swap the rule set
     watch,             # reload on file change / SIGHUP / gateway.reload; gateway_rules_url feed
-    Admin(gw, watch),  # gateway_admin: /metrics /healthz /readyz /status
+    Admin(gw, watch),  # gateway_admin: /metrics /healthz /readyz /status, the status page at /
     ClientConnections(gw),  # gateway.client_idle, gateway.header_timeout: idle and slow clients closed
+    Tracing(gw),       # gateway_otlp: OpenTelemetry traces over OTLP/HTTP (off when unset)
     *steps,
     Egress(gw),        # pass-through destinations: checked on the resolved address, every connect
     CallPipeline(gw, *steps),  # runs the steps above, in order, from one request hook

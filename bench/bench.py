@@ -17,6 +17,7 @@ Everything runs on this machine, on 127.0.0.1 and free ports, and is stopped at 
   gw-redis    wrk    through the gateway with its own redis-server on a free port
   gw-cluster  wrk    through the gateway on its own 3-master Redis Cluster (``redis+cluster://``)
   gw-workers  wrk    ``GATEWAY_WORKERS=2 GATEWAY_REDIS=...``: 2 mitmdump sharing the port
+  gw-trace    wrk    gw-mem with tracing on (``GATEWAY_OTLP``) to a local OTLP sink (bench/otlp_sink.py)
   bare-https  hey    bare mitmdump, HTTPS through CONNECT (client trusts certs/ CA; upstream TLS)
   gw-https    hey    the gateway (memory store), HTTPS through CONNECT to bench.upstream.test
   ==========  =====  ==========================================================================
@@ -81,8 +82,8 @@ CACHED_PATH = "/cached"  # bench.cached: answered from the gateway's cache after
 APP = "bench"
 EXIT_MISSING_TOOL = 77
 
-ALL_ROWS = ["direct", "bare", "gw-mem", "gw-cached", "gw-redis", "gw-cluster", "gw-workers", "bare-https",
-            "gw-https"]
+ALL_ROWS = ["direct", "bare", "gw-mem", "gw-cached", "gw-redis", "gw-cluster", "gw-workers", "gw-trace",
+            "bare-https", "gw-https"]
 LABELS = {
     "direct": "direct to nginx",
     "bare": "bare mitmdump",
@@ -91,18 +92,20 @@ LABELS = {
     "gw-redis": "gateway, Redis",
     "gw-cluster": "gateway, Redis Cluster (3 masters)",
     "gw-workers": "gateway, 2 workers sharing the port, Redis",
+    "gw-trace": "gateway, memory, traces to OTLP",
     "bare-https": "bare mitmdump, HTTPS CONNECT",
     "gw-https": "gateway, memory, HTTPS CONNECT",
 }
 # Each measured row is compared with this one; gateway rows are measured right beside it.
 BASELINE = {"direct": "bare", "gw-mem": "bare", "gw-cached": "bare", "gw-redis": "bare", "gw-cluster": "bare",
-            "gw-workers": "bare",
-            "gw-https": "bare-https"}
-PAIRED = {"gw-mem", "gw-cached", "gw-redis", "gw-cluster", "gw-workers", "gw-https"}
+            "gw-workers": "bare", "gw-trace": "bare", "gw-https": "bare-https"}
+PAIRED = {"gw-mem", "gw-cached", "gw-redis", "gw-cluster", "gw-workers", "gw-trace", "gw-https"}
 # The process serving each row.
 SERVER_OF = {"direct": "nginx", "bare": "bare", "bare-https": "bare", "gw-mem": "gw-mem", "gw-cached": "gw-mem",
-             "gw-redis": "gw-redis", "gw-cluster": "gw-cluster", "gw-workers": "gw-workers", "gw-https": "gw-mem"}
-GATEWAYS = ("gw-mem", "gw-redis", "gw-cluster", "gw-workers")
+             "gw-redis": "gw-redis", "gw-cluster": "gw-cluster", "gw-workers": "gw-workers", "gw-trace": "gw-trace",
+             "gw-https": "gw-mem"}
+GATEWAYS = ("gw-mem", "gw-redis", "gw-cluster", "gw-workers", "gw-trace")
+REDIS_FREE = ("gw-mem", "gw-trace")  # gateways on the memory store
 
 
 class BenchError(Exception):
@@ -245,6 +248,7 @@ class Stack:
         self.bare_port = 0
         self.redis_port = 0
         self.cluster_ports: list[int] = []
+        self.otlp_port = 0
         self.gateways: dict[str, Gateway] = {}
         self.failed: dict[str, str] = {}  # server name -> why it is not available
 
@@ -262,11 +266,16 @@ class Stack:
                               ("cluster", self._start_cluster)):
             if name in servers:
                 self._try(name, starter)
+        if "gw-trace" in servers:
+            self._try("otlp", self._start_otlp_sink)
         for name in GATEWAYS:
             if name not in servers:
                 continue
+            if name == "gw-trace" and "otlp" in self.failed:
+                self.failed[name] = f"OTLP sink: {self.failed['otlp']}"
+                continue
             store = "cluster" if name == "gw-cluster" else "redis"
-            if name != "gw-mem" and store in self.failed:
+            if name not in REDIS_FREE and store in self.failed:
                 self.failed[name] = f"redis-server: {self.failed[store]}"
                 continue
             self._try(name, lambda name=name: self._start_gateway(name))
@@ -334,6 +343,19 @@ class Stack:
                     raise BenchError(f"cluster node {port} never reached cluster_state:ok")
                 time.sleep(0.1)
 
+    def _start_otlp_sink(self) -> None:
+        self.otlp_port = free_port()
+        log = self.workdir / "otlp.out"
+        self.procs.start("otlp", [sys.executable, str(HERE / "otlp_sink.py"), str(self.otlp_port)], log=log)
+        self.procs.wait_port("otlp", self.otlp_port, 15, log)
+
+    def otlp_received(self) -> dict[str, int] | None:
+        try:
+            status, body = http_get(self.otlp_port, "/count", f"127.0.0.1:{self.otlp_port}", {})
+        except OSError:
+            return None
+        return json.loads(body) if status == 200 else None
+
     def _mitm_common(self) -> list[str]:
         # The options run_proxy.sh gives the gateway, less the chain itself.
         return ["--set", f"confdir={CONFDIR}", "--set", "connection_strategy=lazy",
@@ -372,7 +394,10 @@ class Stack:
                    BENCH_UPSTREAM=self.upstream, BENCH_KEY=self.api_key, BENCH_SECRET=self.app_secret)
         env.pop("GATEWAY_RULES_URL", None)
         env.pop("GATEWAY_UI", None)
-        if name == "gw-mem":
+        env.pop("GATEWAY_OTLP", None)
+        if name == "gw-trace":
+            env["GATEWAY_OTLP"] = f"http://127.0.0.1:{self.otlp_port}"
+        if name in REDIS_FREE:
             env.pop("GATEWAY_REDIS", None)
         elif name == "gw-cluster":
             env["GATEWAY_REDIS"] = "redis+cluster://" + ",".join(f"127.0.0.1:{p}" for p in self.cluster_ports)
@@ -658,7 +683,7 @@ def schedule(rows: list[str], rounds: int) -> list[tuple[int, int | None, str]]:
         pair = 0
         if "direct" in rows:
             plan.append((r, None, "direct"))
-        for base, members in (("bare", ["gw-mem", "gw-cached", "gw-redis", "gw-cluster", "gw-workers"]),
+        for base, members in (("bare", ["gw-mem", "gw-cached", "gw-redis", "gw-cluster", "gw-workers", "gw-trace"]),
                               ("bare-https", ["gw-https"])):
             chosen = [m for m in members if m in rows]
             if not chosen and base in rows:
@@ -953,6 +978,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.soak:
             soak_result = soak(args, stack, procs)
         problems = check_gateways(stack)
+        if "gw-trace" in stack.gateways:
+            received = stack.otlp_received()
+            stack.gateways["gw-trace"].checks["otlp_received"] = received
+            if not received or not received.get("posts"):
+                problems.append("gw-trace: the OTLP sink received no spans")
     finally:
         procs.stop_all()
     if script_mtime is not None and script.exists() and script.stat().st_mtime != script_mtime and stack.gateways:

@@ -89,5 +89,11 @@ class AccessLogger:
                                          time.perf_counter() - call.started)
             if self.gw.access_log is not None:
                 self.gw.access_log.write(log_record(call, self.gw.redactor))
+            if code != Code.OK:
+                self.gw.recent_failures.add(call, self.gw.redactor)
+            if call.span is not None:
+                from addons.chain.tracing import end_call
+
+                end_call(self.gw, call)
         except Exception as exc:  # logging must never break the answer already given
             log.error("gateway: access log failed for %s: %s", call.request_id, type(exc).__name__)

@@ -5,6 +5,7 @@
     /readyz    200 when rules are loaded and serving; 503 before. A Redis outage does not make the
                instance unready (it degrades, and says so in the body): a fleet sharing one Redis
                would otherwise drop out of its load balancer all at once.
+    /          the status page for people (HTML, refreshing itself; addons/statuspage.py)
     /status    JSON for operators: rule-set version and files, services (and why one is disabled),
                apps, target health, state store, reloads and their errors, remote rules, access-log
                drops. Every string goes through the redactor, and secret-named fields are masked.
@@ -212,7 +213,16 @@ class Admin:
     # -- handlers ---------------------------------------------------------------------------------
 
     async def index(self, _request: web.Request) -> web.Response:
-        return web.Response(text="gateway admin: /metrics /healthz /readyz /status\n")
+        """The status page for people (SPEC 19): HTML, no JavaScript, refreshing itself."""
+        from addons.chain.statuspage import page_html
+
+        try:
+            text = await page_html(self)
+        except Exception as exc:  # never a traceback (which may quote data) on the page
+            log.error("gateway: status page failed: %s", type(exc).__name__, exc_info=log.isEnabledFor(logging.DEBUG))
+            return web.Response(text=f"status page unavailable ({type(exc).__name__})\n", status=500)
+        return web.Response(text=text, content_type="text/html", charset="utf-8",
+                            headers={"Cache-Control": "no-store"})
 
     async def metrics(self, _request: web.Request) -> web.Response:
         body = generate_latest(self.gw.metrics.registry)

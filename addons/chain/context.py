@@ -19,6 +19,7 @@ from addons.call import Call, request_id_from
 from addons.envelope import render
 from addons.errors import Code, GatewayError, http_status
 from addons.metrics import Metrics
+from addons.recent import QuotaUse, RecentFailures
 from addons.redact import Redactor
 
 if TYPE_CHECKING:
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
     from addons.chain.egress import Egress
     from addons.runtime import Compiled
     from addons.state.base import StateStore
+    from addons.tracing import Tracer
     from addons.upstream.health import HealthRegistry
 
 log = logging.getLogger("gateway")
@@ -56,6 +58,11 @@ class GatewayContext:
         self.on_rules_changed: list[Callable[[Compiled], None]] = []
         # Writes a call's log line and metrics; set by the AccessLogger addon.
         self.finish: Callable[[http.HTTPFlow], None] = lambda flow: None
+        # Set by the Tracing addon while `gateway_otlp` is set; None costs the call path one test.
+        self.tracer: Tracer | None = None
+        # For the status page: the latest failed calls, and each quota counter as last seen.
+        self.recent_failures = RecentFailures()
+        self.quota_use = QuotaUse()
 
     @property
     def redactor(self) -> Redactor:
@@ -153,6 +160,24 @@ class CallPipeline:
         self.steps = steps
 
     async def request(self, flow: http.HTTPFlow) -> None:
+        if self.gw.tracer is not None:
+            await self._traced(flow)
+            return
+        await self._run(flow)
+
+    async def _traced(self, flow: http.HTTPFlow) -> None:
+        from addons.chain import tracing
+
+        call = self.gw.call(flow)
+        try:
+            tracing.start_call(self.gw, flow, call)
+        except Exception as exc:  # tracing must never fail a call
+            log.warning("gateway: trace span not started: %s", type(exc).__name__)
+        await self._run(flow)
+        if call.span is not None and call.passthrough and flow.response is None:
+            tracing.passthrough(call, flow)
+
+    async def _run(self, flow: http.HTTPFlow) -> None:
         for step in self.steps:
             if flow.response is not None:
                 return

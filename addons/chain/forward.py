@@ -76,7 +76,13 @@ class Forward:
                 base.named_host = route.named_host
                 if call.host == "gateway.local":
                     _explicit_params(flow, base, route.consumed)
-                result = await forward(runtime, base, call.rule, method, self.gw.http(), self.gw.metrics)
+                on_attempt = None
+                if call.span is not None:
+                    from addons.chain.tracing import attempt_hook
+
+                    on_attempt = attempt_hook(self.gw, call)
+                result = await forward(runtime, base, call.rule, method, self.gw.http(), self.gw.metrics,
+                                       on_attempt)
         except GatewayError as error:
             fail(flow, call, error, call.rule)
             return

@@ -55,6 +55,7 @@ class Quota:
             call.degraded = True
             call.headers["X-Gateway-Degraded"] = "state"
         call.headers.update(admission_headers(admission, checks, now))
+        self.gw.quota_use.note(checks, admission, now)
         if not admission.admitted:
             refused = admission.refused
             scope = refused.scope if refused else "_"

@@ -9,9 +9,10 @@ import logging
 import math
 import ssl
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import SimpleNamespace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import aiohttp
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -53,6 +54,13 @@ MIN_ATTEMPT = 0.005
 # keep-alive connections after 5 s (Apache, Node); reusing one the provider is closing at that moment
 # fails a request that was never read, which for a POST cannot safely be repeated.
 KEEPALIVE = 4.0
+
+
+class AttemptObserver(Protocol):
+    def end(self, status: int | None, code: int | None, error: str = "") -> None: ...
+
+
+OnAttempt = Callable[[OutboundRequest, str, int], AttemptObserver]
 
 
 @dataclass
@@ -275,8 +283,11 @@ class _Progress:
 
 
 async def forward(runtime: ServiceRuntime, base: OutboundRequest, rule: str, method: str,
-                  session: aiohttp.ClientSession, metrics: Metrics | None = None) -> Result:
-    """Send `base` (its path below the service's base path) with the service's policy."""
+                  session: aiohttp.ClientSession, metrics: Metrics | None = None,
+                  on_attempt: OnAttempt | None = None) -> Result:
+    """Send `base` (its path below the service's base path) with the service's policy.
+    `on_attempt(request, target, n)` is told of each attempt before its credentials are applied
+    (tracing: a span, a traceparent header); what it returns is ended with the attempt's outcome."""
     policy = runtime.policy(method)
     deadline = policy.start()
     target_health = runtime.health.pick()
@@ -287,7 +298,7 @@ async def forward(runtime: ServiceRuntime, base: OutboundRequest, rule: str, met
     try:
         async with bound:
             return await _attempts(runtime, base, rule, method, session, metrics, policy, deadline,
-                                   target_health, progress)
+                                   target_health, progress, on_attempt)
     except TimeoutError:
         if not bound.expired():
             raise
@@ -302,7 +313,8 @@ async def forward(runtime: ServiceRuntime, base: OutboundRequest, rule: str, met
 
 async def _attempts(runtime: ServiceRuntime, base: OutboundRequest, rule: str, method: str,
                     session: aiohttp.ClientSession, metrics: Metrics | None, policy: RetryPolicy,
-                    deadline: Deadline, target_health: TargetHealth, progress: _Progress) -> Result:
+                    deadline: Deadline, target_health: TargetHealth, progress: _Progress,
+                    on_attempt: OnAttempt | None = None) -> Result:
     health = runtime.health
     attempt = 0
     refreshed = False
@@ -317,6 +329,7 @@ async def _attempts(runtime: ServiceRuntime, base: OutboundRequest, rule: str, m
         attempt += 1
         target = runtime.targets[target_health.name]
         req = _retarget(base, target)
+        observed = on_attempt(req, target.name, attempt) if on_attempt is not None else None
         await runtime.credential.apply(req)
         if runtime.signer is not None:
             runtime.signer.sign(req, time.time())
@@ -350,11 +363,15 @@ async def _attempts(runtime: ServiceRuntime, base: OutboundRequest, rule: str, m
                     and runtime.credential.rejected(status, verdict.provider_code)):
                 # The provider refused our token: fetch a new one and repeat this attempt once.
                 refreshed = True
+                if observed is not None:
+                    observed.end(result.status, result.code, result.error)
                 await runtime.credential.refresh()
                 attempt -= 1
                 continue
             outcome = (Outcome.answer(status, verdict.code or None, result.retry_after, detail=verdict.detail)
                        if verdict.code else Outcome.answer(status))
+        if observed is not None:
+            observed.end(result.status, result.code, result.error)
         if _health_failure(policy, outcome):
             target_health.record_failure(outcome.detail)
         else:
