@@ -75,7 +75,10 @@ class Forward:
             # envelope: it goes to the caller as it came, with X-Request-ID set.
             self._raw(flow, call, result)
         else:
-            answer(flow, call, result.code, result.message, result.data)
+            verdict = result.verdict
+            # The provider's bytes stand for data only while data is still the body they encode.
+            data_json = verdict.data_json if verdict is not None and verdict.data is result.data else None
+            answer(flow, call, result.code, result.message, result.data, data_json=data_json)
 
     def _raw(self, flow: http.HTTPFlow, call: Call, result: Result) -> None:
         """The provider's answer as it came (vendor SDKs parse it themselves); bytes stay encoded."""
