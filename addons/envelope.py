@@ -77,6 +77,42 @@ class Verdict:
     def ok(self) -> bool:
         return self.code == 0
 
+    @property
+    def result_data(self) -> Any:
+        """What the forwarder carries as the call's data: `data`, or SPLICED when the envelope is to
+        hold the provider's bytes (`data_json`) and nothing needs them parsed."""
+        return self.data
+
+
+SPLICED = object()
+_UNPARSED = object()
+
+
+class SplicedVerdict(Verdict):
+    """A success whose data is the provider's JSON body unchanged: its bytes go into the envelope as
+    they are, and `data` is parsed only if something reads it."""
+
+    def __init__(self, data_json: bytes) -> None:
+        super().__init__(0, "success", _UNPARSED, data_json=data_json)
+
+    @property  # type: ignore[override]
+    def data(self) -> Any:
+        value = self.__dict__.get("_data", _UNPARSED)
+        if value is _UNPARSED:
+            assert self.data_json is not None
+            fast = jsonfast.decode_utf8(self.data_json)
+            value = fast[0] if fast is not jsonfast.NOT_FAST else json.loads(self.data_json)  # type: ignore[index]
+            self.__dict__["_data"] = value
+        return value
+
+    @data.setter
+    def data(self, value: Any) -> None:
+        self.__dict__["_data"] = value
+
+    @property
+    def result_data(self) -> Any:
+        return SPLICED if self.__dict__.get("_data", _UNPARSED) is _UNPARSED else self.data
+
 
 class Adapter(Protocol):
     def classify(self, answer: ProviderAnswer, rule: str) -> Verdict: ...
@@ -178,6 +214,13 @@ def _json_with_text(answer: ProviderAnswer) -> tuple[Any, bytes | None]:
         if fast is not jsonfast.NOT_FAST:
             return fast  # type: ignore[return-value]
     return _json_stdlib(answer), None
+
+
+def _utf8_json_text(answer: ProviderAnswer) -> bytes | None:
+    charset = _charset(answer.headers)
+    if charset is None or charset in ("utf-8", "utf8"):
+        return jsonfast.json_text(answer.body)
+    return None
 
 
 def _json_stdlib(answer: ProviderAnswer) -> Any:
@@ -372,6 +415,10 @@ class JsonAdapter(_Base):
                 if self.data_field is not None:
                     raise Unreadable("empty body")
                 return _success(None)
+            if self.data_field is None:
+                text = _utf8_json_text(answer)
+                if text is not None:  # valid, and data is the body: nothing to parse
+                    return SplicedVerdict(text)
             body, text = _json_with_text(answer)
             if self.data_field is None:
                 return _success(body, text)

@@ -20,6 +20,7 @@ BOM = b"\xef\xbb\xbf"
 NOT_FAST = object()  # "the fast path declined: use the stdlib"
 
 _DECODER = msgspec.json.Decoder()
+_DECODER_RAW = msgspec.json.Decoder(msgspec.Raw)
 # Datetimes and dataclasses go to `default` (str()), as the stdlib encoder would have them.
 _OPTIONS = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
 
@@ -33,6 +34,20 @@ def decode_utf8(body: bytes) -> tuple[Any, bytes] | object:
         return _DECODER.decode(body), body.strip()
     except (msgspec.DecodeError, RecursionError):
         return NOT_FAST
+
+
+def json_text(body: bytes) -> bytes | None:
+    """The body as JSON text to splice unchanged (a leading BOM and surrounding whitespace off), when
+    it is well-formed UTF-8 JSON; checked without building any Python object. None: not so, or a
+    lone surrogate escape the stdlib accepts (the caller parses it then)."""
+    if body.startswith(BOM):
+        body = body[len(BOM):]
+    try:
+        _DECODER_RAW.decode(body)  # the JSON grammar, nothing built
+        body.decode("utf-8")  # msgspec does not check the bytes inside strings when it skips them
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+        return None
+    return body.strip()
 
 
 def encode(value: Any, default: Callable[[Any], Any]) -> bytes | None:

@@ -12,9 +12,14 @@ Everything runs on this machine, on 127.0.0.1 and free ports, and is stopped at 
   ==========  =====  ==========================================================================
   direct      wrk    straight to nginx
   bare        wrk    through bare mitmdump (no addons, same options as the gateway otherwise)
+  bare-lean   wrk    bare mitmdump on the gateway's lean addon set (bench/lean.py: LeanAddons only)
   gw-mem      wrk    through the gateway, in-memory state (``./run_proxy.sh``)
   gw-redis    wrk    through the gateway with its own redis-server on a free port
   gw-workers  wrk    ``GATEWAY_WORKERS=2 GATEWAY_REDIS=...``: 2 mitmdump behind haproxy
+  gw-full     wrk    the gateway (memory store) with every default mitmproxy addon (gateway_lean=false)
+  gw-1k       wrk    the gateway (memory store) with 1,000 services of 4 methods loaded
+  bare-100k   wrk    bare mitmdump, a 100 KB JSON answer (1,500 small objects)
+  gw-100k     wrk    the gateway (memory store), the same 100 KB answer through the json envelope
   bare-https  hey    bare mitmdump, HTTPS through CONNECT (client trusts certs/ CA; upstream TLS)
   gw-https    hey    the gateway (memory store), HTTPS through CONNECT to bench.upstream.test
   ==========  =====  ==========================================================================
@@ -77,24 +82,33 @@ BENCH_PATH = "/bench"
 APP = "bench"
 EXIT_MISSING_TOOL = 77
 
-ALL_ROWS = ["direct", "bare", "gw-mem", "gw-redis", "gw-workers", "bare-https", "gw-https"]
+ALL_ROWS = ["direct", "bare", "bare-lean", "gw-mem", "gw-redis", "gw-workers", "gw-full", "gw-1k",
+            "bare-100k", "gw-100k", "bare-https", "gw-https"]
 LABELS = {
     "direct": "direct to nginx",
     "bare": "bare mitmdump",
+    "bare-lean": "bare mitmdump, lean addons",
     "gw-mem": "gateway, memory store",
     "gw-redis": "gateway, Redis",
     "gw-workers": "gateway, 2 workers + haproxy, Redis",
+    "gw-full": "gateway, memory, all default addons",
+    "gw-1k": "gateway, memory, 1,000 services",
+    "bare-100k": "bare mitmdump, 100 KB JSON",
+    "gw-100k": "gateway, memory, 100 KB JSON",
     "bare-https": "bare mitmdump, HTTPS CONNECT",
     "gw-https": "gateway, memory, HTTPS CONNECT",
 }
 # Each measured row is compared with this one; gateway rows are measured right beside it.
-BASELINE = {"direct": "bare", "gw-mem": "bare", "gw-redis": "bare", "gw-workers": "bare",
-            "gw-https": "bare-https"}
-PAIRED = {"gw-mem", "gw-redis", "gw-workers", "gw-https"}
+BASELINE = {"direct": "bare", "bare-lean": "bare", "gw-mem": "bare", "gw-redis": "bare", "gw-workers": "bare",
+            "gw-full": "bare", "gw-1k": "bare", "gw-100k": "bare-100k", "gw-https": "bare-https"}
+PAIRED = {"bare-lean", "gw-mem", "gw-redis", "gw-workers", "gw-full", "gw-1k", "gw-100k", "gw-https"}
 # The process serving each row.
-SERVER_OF = {"direct": "nginx", "bare": "bare", "bare-https": "bare", "gw-mem": "gw-mem",
-             "gw-redis": "gw-redis", "gw-workers": "gw-workers", "gw-https": "gw-mem"}
-GATEWAYS = ("gw-mem", "gw-redis", "gw-workers")
+SERVER_OF = {"direct": "nginx", "bare": "bare", "bare-lean": "bare-lean", "bare-100k": "bare",
+             "bare-https": "bare", "gw-mem": "gw-mem", "gw-redis": "gw-redis", "gw-workers": "gw-workers",
+             "gw-full": "gw-full", "gw-1k": "gw-1k", "gw-100k": "gw-mem", "gw-https": "gw-mem"}
+GATEWAYS = ("gw-mem", "gw-redis", "gw-workers", "gw-full", "gw-1k")
+BIG_PATH = "/big.json"
+EXTRA_SERVICES = 999  # gw-1k: these beside the bench service, 4 methods each
 
 
 class BenchError(Exception):
@@ -235,6 +249,7 @@ class Stack:
         self.http_port = 0
         self.tls_port = 0
         self.bare_port = 0
+        self.bare_lean_port = 0
         self.redis_port = 0
         self.gateways: dict[str, Gateway] = {}
         self.failed: dict[str, str] = {}  # server name -> why it is not available
@@ -249,13 +264,14 @@ class Stack:
 
     def start(self, servers: set[str]) -> None:
         self._start_nginx()  # every row needs it: a failure here ends the run
-        for name, starter in (("bare", self._start_bare), ("redis", self._start_redis)):
+        for name, starter in (("bare", self._start_bare), ("bare-lean", self._start_bare_lean),
+                              ("redis", self._start_redis)):
             if name in servers:
                 self._try(name, starter)
         for name in GATEWAYS:
             if name not in servers:
                 continue
-            if name != "gw-mem" and "redis" in self.failed:
+            if name in ("gw-redis", "gw-workers") and "redis" in self.failed:
                 self.failed[name] = f"redis-server: {self.failed['redis']}"
                 continue
             self._try(name, lambda name=name: self._start_gateway(name))
@@ -281,6 +297,11 @@ class Stack:
             conf = conf.replace(f"@{key}@", value)
         path = self.workdir / "nginx.conf"
         path.write_text(conf)
+        # nginx's worker drops to an unprivileged user when started as root: it must reach the file.
+        os.chmod(self.workdir, 0o711)
+        (self.workdir / "www").mkdir(mode=0o755, exist_ok=True)
+        (self.workdir / "www" / BIG_PATH.lstrip("/")).write_bytes(big_json())
+        os.chmod(self.workdir / "www" / BIG_PATH.lstrip("/"), 0o644)
         log = self.workdir / "nginx.out"
         self.procs.start("nginx", [nginx, "-p", str(self.workdir), "-c", str(path),
                                    "-e", str(self.workdir / "nginx-error.log"), "-g", "daemon off;"], log=log)
@@ -305,21 +326,27 @@ class Stack:
                 "--set", "stream_large_bodies=1m", "--set", "flow_detail=0",
                 "--set", "termlog_verbosity=warn"]
 
-    def _start_bare(self) -> None:
+    def _start_bare(self, name: str = "bare", extra: tuple[str, ...] = ()) -> int:
         mitmdump = self.bin_dir / "mitmdump"
         if not mitmdump.exists():
             raise MissingTool(f"{mitmdump} does not exist")
-        self.bare_port = free_port()
-        log = self.workdir / "bare.out"
+        port = free_port()
+        if name == "bare":
+            self.bare_port = port
+        log = self.workdir / f"{name}.out"
         # ssl_insecure: the bare-https row's upstream is nginx with a self-signed certificate.
-        self.procs.start("bare", [str(mitmdump), "--listen-host", "127.0.0.1", "--listen-port",
-                                  str(self.bare_port), *self._mitm_common(), "--set", "ssl_insecure=true"],
+        self.procs.start(name, [str(mitmdump), "--listen-host", "127.0.0.1", "--listen-port",
+                                str(port), *self._mitm_common(), "--set", "ssl_insecure=true", *extra],
                          log=log)
-        self.procs.wait_port("bare", self.bare_port, 60, log)
+        self.procs.wait_port(name, port, 60, log)
         url = f"http://127.0.0.1:{self.http_port}{BENCH_PATH}"
-        status, body = http_get(self.bare_port, url, f"127.0.0.1:{self.http_port}", {"X-Api-Key": self.api_key})
+        status, body = http_get(port, url, f"127.0.0.1:{self.http_port}", {"X-Api-Key": self.api_key})
         if status != 200:
-            raise BenchError(f"bare mitmdump answered {status} {body[:200]!r}")
+            raise BenchError(f"{name} answered {status} {body[:200]!r}")
+        return port
+
+    def _start_bare_lean(self) -> None:
+        self.bare_lean_port = self._start_bare("bare-lean", ("-s", str(HERE / "lean.py")))
 
     def _start_gateway(self, name: str) -> None:
         if not (ROOT / "addons" / "gateway.py").exists():
@@ -328,23 +355,28 @@ class Stack:
         n = self.workers if name == "gw-workers" else 1
         admin = free_port_block(n)
         log, out = self.workdir / f"{name}.access.log", self.workdir / f"{name}.out"
+        rules = write_many_services(self.workdir / "rules-1k", EXTRA_SERVICES) if name == "gw-1k" else HERE / "rules"
         env = dict(os.environ,
                    GATEWAY_LISTEN=f"127.0.0.1:{port}",
-                   GATEWAY_RULES=str(HERE / "rules"),
+                   GATEWAY_RULES=str(rules),
                    GATEWAY_ADMIN=f"127.0.0.1:{admin[0]}",
                    GATEWAY_LOG=str(log),
                    GATEWAY_WORKERS=str(n),
                    BENCH_UPSTREAM=self.upstream, BENCH_KEY=self.api_key, BENCH_SECRET=self.app_secret)
         env.pop("GATEWAY_RULES_URL", None)
         env.pop("GATEWAY_UI", None)
-        if name == "gw-mem":
-            env.pop("GATEWAY_REDIS", None)
-        else:
+        if name in ("gw-redis", "gw-workers"):
             env["GATEWAY_REDIS"] = f"redis://127.0.0.1:{self.redis_port}/{1 if name == 'gw-workers' else 0}"
-        self.procs.start(name, [str(ROOT / "run_proxy.sh"), "--set", "termlog_verbosity=warn"], env=env, log=out)
+        else:
+            env.pop("GATEWAY_REDIS", None)
+        extra = ["--set", "gateway_lean=false"] if name == "gw-full" else []
+        started = time.monotonic()
+        self.procs.start(name, [str(ROOT / "run_proxy.sh"), "--set", "termlog_verbosity=warn", *extra],
+                         env=env, log=out)
         # The first start of run_proxy.sh may still install the project into .venv.
         self.procs.wait_port(name, port, 300, out)
         gw = Gateway(name, port, admin, log, out)
+        gw.checks["ready_s"] = round(time.monotonic() - started, 2)
         self.gateways[name] = gw
         self._check_gateway(gw)
 
@@ -382,6 +414,28 @@ class Stack:
             gw.requests_sent += 1
         finally:
             conn.close()
+
+
+def big_json() -> bytes:
+    """The 100 KB answer: an object holding 1,500 small objects, as a list API returns them."""
+    items = [{"id": i, "name": f"item-{i:04d}", "price": round(i * 1.25, 2), "active": i % 3 != 0}
+             for i in range(1500)]
+    return json.dumps({"ok": True, "total": len(items), "items": items}).encode()
+
+
+def write_many_services(directory: Path, count: int) -> Path:
+    """bench/rules plus `count` more services (4 methods each) on hosts no call uses."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for source in (HERE / "rules").glob("*.yaml"):
+        shutil.copy(source, directory / source.name)
+    for i in range(count):
+        (directory / f"svc{i:04d}.yaml").write_text(
+            f"service: svc{i:04d}\nhosts: [svc{i:04d}.upstream.test]\nupstream:\n"
+            '  url: "${BENCH_UPSTREAM}"\n  timeout: 5s\n'
+            'credentials:\n  type: static\n  header: X-Api-Key\n  value: "${BENCH_KEY}"\n'
+            "envelope: json\nmethods:\n"
+            + "".join(f"  m{j}:\n    method: GET\n    path: /svc{i:04d}/m{j}\n" for j in range(4)))
+    return directory
 
 
 def free_port_block(n: int) -> list[int]:
@@ -479,9 +533,11 @@ def load_for(row: str, stack: Stack) -> Load:
     if row == "direct":
         return Load("wrk", stack.http_port,
                     {"BENCH_PATH": BENCH_PATH, "BENCH_HOST": up, "BENCH_API_KEY": stack.api_key})
-    if row == "bare":
-        return Load("wrk", stack.bare_port, {"BENCH_PATH": f"http://{up}{BENCH_PATH}", "BENCH_HOST": up,
-                                             "BENCH_API_KEY": stack.api_key})
+    if row in ("bare", "bare-lean", "bare-100k"):
+        port = stack.bare_lean_port if row == "bare-lean" else stack.bare_port
+        path = BIG_PATH if row == "bare-100k" else BENCH_PATH
+        return Load("wrk", port, {"BENCH_PATH": f"http://{up}{path}", "BENCH_HOST": up,
+                                  "BENCH_API_KEY": stack.api_key})
     if row == "bare-https":
         return Load("hey", stack.bare_port, url=f"https://127.0.0.1:{stack.tls_port}{BENCH_PATH}",
                     proxy=f"http://127.0.0.1:{stack.bare_port}", headers=[f"X-Api-Key: {stack.api_key}"])
@@ -489,7 +545,8 @@ def load_for(row: str, stack: Stack) -> Load:
     if row == "gw-https":
         return Load("hey", gw.port, url=f"https://{BENCH_HOST}{BENCH_PATH}",
                     proxy=f"http://{APP}:{stack.app_secret}@127.0.0.1:{gw.port}")
-    return Load("wrk", gw.port, {"BENCH_PATH": f"http://{BENCH_HOST}{BENCH_PATH}", "BENCH_HOST": BENCH_HOST,
+    path = BIG_PATH if row == "gw-100k" else BENCH_PATH
+    return Load("wrk", gw.port, {"BENCH_PATH": f"http://{BENCH_HOST}{path}", "BENCH_HOST": BENCH_HOST,
                                  "BENCH_AUTH": stack.proxy_auth})
 
 
@@ -620,7 +677,8 @@ def schedule(rows: list[str], rounds: int) -> list[tuple[int, int | None, str]]:
         pair = 0
         if "direct" in rows:
             plan.append((r, None, "direct"))
-        for base, members in (("bare", ["gw-mem", "gw-redis", "gw-workers"]), ("bare-https", ["gw-https"])):
+        for base, members in (("bare", ["bare-lean", "gw-mem", "gw-redis", "gw-workers", "gw-full", "gw-1k"]),
+                              ("bare-100k", ["gw-100k"]), ("bare-https", ["gw-https"])):
             chosen = [m for m in members if m in rows]
             if not chosen and base in rows:
                 plan.append((r, None, base))
@@ -754,9 +812,10 @@ def check_gateways(stack: Stack) -> list[str]:
             try:
                 entry = json.loads(last)
                 gw.checks["last_log_entry"] = {k: entry.get(k) for k in ("app", "service", "method", "code", "status")}
-                if (entry.get("app"), entry.get("service"), entry.get("method")) != (APP, "bench", "ping"):
+                if (entry.get("app"), entry.get("service")) != (APP, "bench") or entry.get("method") not in ("ping",
+                                                                                                       "big"):
                     problems.append(f"{gw.name}: last log line names {gw.checks['last_log_entry']}, "
-                                    "not app bench, service bench, method ping")
+                                    "not app bench, service bench, method ping or big")
             except ValueError:
                 problems.append(f"{gw.name}: the access log's last line is not JSON: {last[:200]!r}")
         counted = 0.0
@@ -910,6 +969,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.soak:
             soak_result = soak(args, stack, procs)
         problems = check_gateways(stack)
+        for gw in stack.gateways.values():
+            proc = procs.running.get(gw.name)
+            kb = group_rss_kb(proc.pid) if proc is not None else None
+            gw.checks["rss_mb"] = round(kb / 1024, 1) if kb else None
     finally:
         procs.stop_all()
     if script_mtime is not None and script.exists() and script.stat().st_mtime != script_mtime and stack.gateways:
@@ -926,7 +989,7 @@ def main(argv: list[str] | None = None) -> int:
                     "loadavg_before": load_before, "loadavg_after": os.getloadavg()},
         "params": {"duration_s": args.duration, "rounds": args.rounds, "connections": args.connections,
                    "warmup_s": args.warmup, "first_warmup_s": args.first_warmup, "workers": args.workers,
-                   "http": "HTTP/1.1 keep-alive", "body": "small JSON"},
+                   "http": "HTTP/1.1 keep-alive", "body": "small JSON (-100k rows: 100 KB JSON)"},
         "rows": [asdict(row) for row in rows.values()],
         "checks": {gw.name: gw.checks for gw in stack.gateways.values()},
         "problems": problems,
@@ -939,7 +1002,8 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(f"HTTP/1.1 keep-alive, {args.connections} connections, {args.rounds} x {args.duration} s per row, "
           f"{os.cpu_count()} cpus (load average {load_before[0]:.1f} before, {os.getloadavg()[0]:.1f} after)")
-    print("medians; 'vs bare' and 'p99 added' are against bare mitmdump (HTTPS rows: against bare-https)")
+    print("medians; 'vs bare' and 'p99 added' are against bare mitmdump (gw-100k: against bare-100k; "
+          "HTTPS rows: against bare-https)")
     print(table(rows))
     if soak_result:
         print()
@@ -956,6 +1020,7 @@ def main(argv: list[str] | None = None) -> int:
         c = gw.checks
         print(f"check {gw.name}: {c.get('log_lines', 0):,} log lines for {gw.requests_sent:,} calls, "
               f"metrics count {fmt(c.get('metrics_requests_total'), ',.0f')}, "
+              f"ready in {fmt(c.get('ready_s'), '.1f', ' s')}, RSS {fmt(c.get('rss_mb'), '.1f', ' MB')}, "
               f"secrets in log: {'YES' if c.get('secret_in_log') else 'no'}")
     for problem in problems:
         print(f"PROBLEM: {problem}")

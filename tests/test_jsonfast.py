@@ -87,3 +87,14 @@ def test_bytes_sets_and_other_objects_render_as_before() -> None:
     assert json.loads(render(0, "success", b"raw", "r"))["data"] == "raw"
     assert json.loads(render(-2004, "over quota", {1: "int key"}, "r"))["data"] == {"1": "int key"}
     assert render(0, "success", "\ud800", "r") == b'{"code":0,"message":"success","data":"\\ud800","request_id":"r"}'
+
+
+def test_a_spliced_body_is_parsed_only_when_read() -> None:
+    from addons.envelope import SPLICED, SplicedVerdict
+
+    verdict = classify(b'{"items": [1, 2, 3]}')
+    assert isinstance(verdict, SplicedVerdict)
+    assert verdict.result_data is SPLICED  # the forwarder carries the bytes, not a parsed copy
+    assert verdict.data == {"items": [1, 2, 3]}  # parsed on demand, then kept
+    assert verdict.result_data == {"items": [1, 2, 3]}
+    assert classify(b'{"n": 123456789012345678901234567890}').data == {"n": 123456789012345678901234567890}

@@ -9,7 +9,7 @@ from multidict import CIMultiDict
 
 from addons.call import Call
 from addons.chain.context import GatewayContext, answer, fail
-from addons.envelope import ProviderAnswer
+from addons.envelope import SPLICED, ProviderAnswer
 from addons.errors import Code, GatewayError
 from addons.outbound import OutboundRequest
 from addons.upstream.forwarder import BINARY_BODY, HOP_BY_HOP, Result, forward
@@ -55,7 +55,7 @@ class Forward:
                 verdict = runtime.adapter.classify(ProviderAnswer(200, CIMultiDict(), local), call.rule)
                 result = Result(verdict.code, verdict.message, verdict=verdict, status=200,
                                 headers=CIMultiDict({"Content-Type": "application/json"}), raw_body=local,
-                                data=verdict.data)
+                                data=verdict.result_data)
             else:
                 base = outbound_from(flow, call.request_id, method, route.path, route.consumed)
                 result = await forward(runtime, base, call.rule, method, self.gw.http(), self.gw.metrics)
@@ -77,8 +77,11 @@ class Forward:
         else:
             verdict = result.verdict
             # The provider's bytes stand for data only while data is still the body they encode.
-            data_json = verdict.data_json if verdict is not None and verdict.data is result.data else None
-            answer(flow, call, result.code, result.message, result.data, data_json=data_json)
+            data_json = None
+            if verdict is not None and (result.data is SPLICED or verdict.data is result.data):
+                data_json = verdict.data_json
+            data = None if result.data is SPLICED else result.data
+            answer(flow, call, result.code, result.message, data, data_json=data_json)
 
     def _raw(self, flow: http.HTTPFlow, call: Call, result: Result) -> None:
         """The provider's answer as it came (vendor SDKs parse it themselves); bytes stay encoded."""
