@@ -98,3 +98,39 @@ def test_a_spliced_body_is_parsed_only_when_read() -> None:
     assert verdict.data == {"items": [1, 2, 3]}  # parsed on demand, then kept
     assert verdict.result_data == {"items": [1, 2, 3]}
     assert classify(b'{"n": 123456789012345678901234567890}').data == {"n": 123456789012345678901234567890}
+
+
+def test_a_large_answer_reaches_the_caller_in_the_envelope_unchanged(tmp_path, confdir, fake) -> None:  # type: ignore[no-untyped-def]
+    import requests
+
+    from tests.fakes import Reply
+    from tests.harness import Gateway, write_rules
+
+    items = [{"id": i, "name": f"item-{i}", "price": i * 1.25, "big": 2**70 + i} for i in range(1500)]
+    body = json.dumps({"items": items}, indent=1).encode()  # ~100 KB, pretty-printed as some providers do
+    fake.on("GET", "/hello", Reply(200, body, headers={"Content-Type": "application/json"}))
+    fake.on("GET", "/broken", Reply(200, body[:-1], headers={"Content-Type": "application/json"}))
+    rules = write_rules(tmp_path / "rules", {
+        "demo.yaml": f"""
+            service: demo
+            hosts: [api.demo.test]
+            upstream: {{url: "{fake.url}", timeout: 2s}}
+            envelope: json
+            methods:
+              hello: {{method: GET, path: /hello}}
+              broken: {{method: GET, path: /broken}}
+        """,
+        "apps.yaml": """
+            apps:
+              order-service: {secret: s3cret-order}
+        """,
+    })
+    with Gateway(rules, confdir) as gw:
+        proxies = gw.proxies("order-service", "s3cret-order")
+        r = requests.get("http://api.demo.test/hello", proxies=proxies, timeout=10)
+        assert r.status_code == 200 and r.headers["Content-Type"].startswith("application/json")
+        envelope = r.json()
+        assert envelope["code"] == 0 and envelope["data"] == {"items": items}
+        assert envelope["request_id"] == r.headers["X-Request-ID"]
+        broken = requests.get("http://api.demo.test/broken", proxies=proxies, timeout=10)
+        assert broken.json()["code"] == -1004 and broken.json()["data"] is None
