@@ -69,6 +69,7 @@ import ssl
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -253,6 +254,7 @@ class Stack:
         self.redis_port = 0
         self.gateways: dict[str, Gateway] = {}
         self.failed: dict[str, str] = {}  # server name -> why it is not available
+        self.www: Path | None = None  # nginx's document root (the 100 KB answer)
 
     @property
     def proxy_auth(self) -> str:
@@ -292,16 +294,17 @@ class Stack:
         for sub in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
             (self.workdir / "nginx-tmp" / sub).mkdir(parents=True, exist_ok=True)
         conf = (HERE / "nginx.conf").read_text()
-        for key, value in {"DIR": str(self.workdir), "HTTP_PORT": str(self.http_port),
+        # nginx's worker drops to an unprivileged user when started as root, and the scratch
+        # directory (or one of its parents) may be private: the 100 KB answer lives in /tmp.
+        self.www = Path(tempfile.mkdtemp(prefix="gw-bench-www-", dir="/tmp"))
+        os.chmod(self.www, 0o755)
+        (self.www / BIG_PATH.lstrip("/")).write_bytes(big_json())
+        os.chmod(self.www / BIG_PATH.lstrip("/"), 0o644)
+        for key, value in {"DIR": str(self.workdir), "WWW": str(self.www), "HTTP_PORT": str(self.http_port),
                            "TLS_PORT": str(self.tls_port), "API_KEY": self.api_key}.items():
             conf = conf.replace(f"@{key}@", value)
         path = self.workdir / "nginx.conf"
         path.write_text(conf)
-        # nginx's worker drops to an unprivileged user when started as root: it must reach the file.
-        os.chmod(self.workdir, 0o711)
-        (self.workdir / "www").mkdir(mode=0o755, exist_ok=True)
-        (self.workdir / "www" / BIG_PATH.lstrip("/")).write_bytes(big_json())
-        os.chmod(self.workdir / "www" / BIG_PATH.lstrip("/"), 0o644)
         log = self.workdir / "nginx.out"
         self.procs.start("nginx", [nginx, "-p", str(self.workdir), "-c", str(path),
                                    "-e", str(self.workdir / "nginx-error.log"), "-g", "daemon off;"], log=log)
@@ -975,6 +978,8 @@ def main(argv: list[str] | None = None) -> int:
             gw.checks["rss_mb"] = round(kb / 1024, 1) if kb else None
     finally:
         procs.stop_all()
+        if stack.www is not None:
+            shutil.rmtree(stack.www, ignore_errors=True)
     if script_mtime is not None and script.exists() and script.stat().st_mtime != script_mtime and stack.gateways:
         # mitmproxy reloads a -s script when its file changes: the chain restarted mid-run.
         problems.append("addons/gateway.py changed during the run, so mitmproxy reloaded the chain: run again")
