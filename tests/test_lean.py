@@ -66,7 +66,7 @@ async def test_a_later_change_to_a_removed_addons_option_is_refused() -> None:
     with taddons.context(lean) as tctx:
         tctx.master.addons.add(mapremote.MapRemote(), modifyheaders.ModifyHeaders(), save.Save())
         tctx.configure(lean, modify_headers=["/~q/X-Kept/1"])
-        await lean.prune(tctx.master, [])
+        lean.prune(tctx.master, [])
         assert "mapremote" in lean.removed and "save" in lean.removed
         assert tctx.master.addons.get("mapremote") is None
         assert tctx.master.addons.get("modifyheaders") is not None  # its option was set
@@ -74,6 +74,24 @@ async def test_a_later_change_to_a_removed_addons_option_is_refused() -> None:
             tctx.options.update(map_remote=["|example.com|127.0.0.1"])
         assert tctx.options.map_remote == []  # rolled back
         tctx.options.update(modify_headers=["/~q/X-Other/2"])  # a kept addon's option still changes
+
+
+async def test_pruning_survives_a_reload_of_the_chain() -> None:
+    from mitmproxy import hooks
+    from mitmproxy.addons import clientplayback
+
+    lean = LeanAddons()
+    with taddons.context(lean) as tctx:
+        tctx.master.addons.add(clientplayback.ClientPlayback(), mapremote.MapRemote())
+        # A reloaded script's running hook is called from sync code (ScriptLoader): it must not be async.
+        tctx.master.addons.invoke_addon_sync(lean, hooks.RunningHook())
+        assert tctx.master.addons.get("clientplayback") is None  # its async done hook ran as a task
+        tctx.master.addons.remove(lean)  # as a script reload does
+        reloaded = LeanAddons()
+        tctx.master.addons.add(reloaded)
+        reloaded.prune(tctx.master, [])
+        with pytest.raises(exceptions.OptionsError, match=r"map_remote"):
+            tctx.options.update(map_remote=["|example.com|127.0.0.1"])
 
 
 def test_set_arguments_are_read_in_both_spellings() -> None:

@@ -18,9 +18,11 @@ refused with an error naming it. `--set gateway_lean=false` keeps every default 
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
 import sys
+import weakref
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -132,12 +134,14 @@ class LeanAddons:
                 f"{', '.join(late)}: the gateway runs without mitmproxy's {', '.join(owners)} addon; "
                 "set it on the command line at start (the addon is then kept)")
 
-    async def running(self) -> None:
-        if not ctx.options.gateway_lean or self.removed:
-            return
-        await self.prune(ctx.master, sys.argv)
+    def running(self) -> None:
+        # Synchronous: mitmproxy runs a reloaded script's running hook from sync code.
+        if ctx.options.gateway_lean:
+            self.prune(ctx.master, sys.argv)
 
-    async def prune(self, master: Any, argv: Sequence[str]) -> None:
+    def prune(self, master: Any, argv: Sequence[str]) -> None:
+        # What earlier loads of the chain removed stays on record across reloads of the script.
+        self.removed = _removed_of.setdefault(master, {})
         manager = master.addons
         web = manager.get("webaddon") is not None
         keep = ALWAYS_KEPT | (WEB_KEPT if web else frozenset())
@@ -158,21 +162,32 @@ class LeanAddons:
             if needed_by_mode(name, modes):
                 self.kept_for[name] = ["mode"]
                 continue
-            await _remove(manager, addon)
+            _remove(manager, addon)
             self.removed[name] = {o: getattr(ctx.options, o, None) for o in options}
         log.info("gateway: mitmproxy addons removed as idle: %s; kept for options set: %s",
                  ", ".join(sorted(self.removed)) or "none",
                  ", ".join(f"{a} ({', '.join(o)})" for a, o in sorted(self.kept_for.items())) or "none")
 
 
-async def _remove(manager: Any, addon: Any) -> None:
+_removed_of: weakref.WeakKeyDictionary[Any, dict[str, dict[str, Any]]] = weakref.WeakKeyDictionary()
+_pending: set[asyncio.Task[Any]] = set()  # async done hooks under way (a task needs a reference)
+
+
+def _remove(manager: Any, addon: Any) -> None:
     # AddonManager.remove runs the addon's done hook synchronously, which an async done hook
-    # (ClientPlayback's) refuses; the same steps with the hook awaited.
+    # (ClientPlayback's) refuses; the same steps, an async hook run as a task.
     name = addon_name(addon)
     manager.chain = [a for a in manager.chain if a is not addon]
     manager.lookup.pop(name, None)
     done = getattr(addon, "done", None)
-    if done is not None:
-        result = done()
-        if inspect.isawaitable(result):
-            await result
+    if done is None:
+        return
+    result = done()
+    if inspect.iscoroutine(result):
+        try:
+            task = asyncio.get_running_loop().create_task(result)
+        except RuntimeError:  # no loop: the addon never started anything to stop
+            result.close()
+            return
+        _pending.add(task)
+        task.add_done_callback(_pending.discard)
