@@ -31,6 +31,7 @@ from xml.etree.ElementTree import Element, ParseError
 from defusedxml import DefusedXmlException
 from defusedxml.ElementTree import fromstring as xml_fromstring
 
+from addons import jsonfast
 from addons.errors import Code, source_of
 from addons.redact import Redactor
 from addons.rules.schema import EnvelopeSpec, JsonEnvelope, NamedEnvelope
@@ -66,6 +67,9 @@ class Verdict:
     data: Any
     detail: str = ""  # the provider's raw error, for the log only
     provider_code: str | None = None  # the provider's own code: "40001", "40004/ACQ.TRADE_NOT_EXIST"
+    # `data` as the provider's own JSON text, when data is its body unchanged: spliced into the
+    # envelope instead of encoding `data` again. A step that changes `data` must drop it.
+    data_json: bytes | None = None
 
     def __post_init__(self) -> None:
         self.code = int(self.code)  # a plain int, not a Code member, wherever it ends up
@@ -73,6 +77,42 @@ class Verdict:
     @property
     def ok(self) -> bool:
         return self.code == 0
+
+    @property
+    def result_data(self) -> Any:
+        """What the forwarder carries as the call's data: `data`, or SPLICED when the envelope is to
+        hold the provider's bytes (`data_json`) and nothing needs them parsed."""
+        return self.data
+
+
+SPLICED = object()
+_UNPARSED = object()
+
+
+class SplicedVerdict(Verdict):
+    """A success whose data is the provider's JSON body unchanged: its bytes go into the envelope as
+    they are, and `data` is parsed only if something reads it."""
+
+    def __init__(self, data_json: bytes) -> None:
+        super().__init__(0, "success", _UNPARSED, data_json=data_json)
+
+    @property  # type: ignore[override]
+    def data(self) -> Any:
+        value = self.__dict__.get("_data", _UNPARSED)
+        if value is _UNPARSED:
+            assert self.data_json is not None
+            fast = jsonfast.decode_utf8(self.data_json)
+            value = fast[0] if fast is not jsonfast.NOT_FAST else json.loads(self.data_json)  # type: ignore[index]
+            self.__dict__["_data"] = value
+        return value
+
+    @data.setter
+    def data(self, value: Any) -> None:
+        self.__dict__["_data"] = value
+
+    @property
+    def result_data(self) -> Any:
+        return SPLICED if self.__dict__.get("_data", _UNPARSED) is _UNPARSED else self.data
 
 
 class Adapter(Protocol):
@@ -170,6 +210,27 @@ def _finite(literal: str) -> float | str:
 
 
 def _json(answer: ProviderAnswer) -> Any:
+    return _json_with_text(answer)[0]
+
+
+def _json_with_text(answer: ProviderAnswer) -> tuple[Any, bytes | None]:
+    """The parsed body and, when it was read as UTF-8 by the fast decoder, its JSON text."""
+    charset = _charset(answer.headers)
+    if charset is None or charset in ("utf-8", "utf8"):
+        fast = jsonfast.decode_utf8(answer.body)
+        if fast is not jsonfast.NOT_FAST:
+            return fast  # type: ignore[return-value]
+    return _json_stdlib(answer), None
+
+
+def _utf8_json_text(answer: ProviderAnswer) -> bytes | None:
+    charset = _charset(answer.headers)
+    if charset is None or charset in ("utf-8", "utf8"):
+        return jsonfast.json_text(answer.body)
+    return None
+
+
+def _json_stdlib(answer: ProviderAnswer) -> Any:
     text = _text(answer)
     if not text.strip():
         raise Unreadable("empty body")
@@ -224,8 +285,8 @@ class _Base:
         return _snippet(answer.body), None
 
 
-def _success(data: Any) -> Verdict:
-    return Verdict(0, "success", data)
+def _success(data: Any, data_json: bytes | None = None) -> Verdict:
+    return Verdict(0, "success", data, data_json=data_json)
 
 
 class RawAdapter(_Base):
@@ -361,13 +422,19 @@ class JsonAdapter(_Base):
                 if self.data_field is not None:
                     raise Unreadable("empty body")
                 return _success(None)
-            body = _json(answer)
             if self.data_field is None:
-                return _success(body)
+                text = _utf8_json_text(answer)
+                if text is not None:  # valid, and data is the body: nothing to parse
+                    return SplicedVerdict(text)
+            body, text = _json_with_text(answer)
+            if self.data_field is None:
+                return _success(body, text)
             if not isinstance(body, dict):
                 raise Unreadable(f"JSON {type(body).__name__} where an object was expected")
             return _success(_lookup(body, self.data_field))
-        body = _json_object(answer)
+        body, text = _json_with_text(answer)
+        if not isinstance(body, dict):
+            raise Unreadable(f"JSON {type(body).__name__} where an object was expected")
         value = _lookup(body, self.success_field, _MISSING)
         if value is _MISSING:
             raise Unreadable(f"field {self.field_name[:60]!r} missing")
@@ -376,7 +443,7 @@ class JsonAdapter(_Base):
         code = 0 if key is not None and key in self.success_values else self.codes.get(
             provider_code, Code.UPSTREAM_ERROR)
         if code == 0:
-            return _success(body if self.data_field is None else _lookup(body, self.data_field))
+            return _success(body, text) if self.data_field is None else _success(_lookup(body, self.data_field))
         message = _lookup(body, self.message_field) if self.message_field is not None else None
         suffix = f" ({self.field_name} {_clip(provider_code, 80)})"
         if message not in (None, "") and -3000 < code <= -2000:
@@ -573,11 +640,19 @@ def _without_nan(value: Any) -> Any:
     return value
 
 
-def render(code: int, message: str, data: Any, request_id: str) -> bytes:
-    """The envelope body (SPEC 5), compact UTF-8 JSON; `source` only on errors."""
-    envelope: dict[str, Any] = {"code": int(code), "message": message, "data": data, "request_id": request_id}
+def render(code: int, message: str, data: Any, request_id: str, data_json: bytes | None = None) -> bytes:
+    """The envelope body (SPEC 5), compact UTF-8 JSON; `source` only on errors. `data_json`, when
+    given, is `data` already encoded (the provider's own bytes) and is placed in as it is."""
+    envelope: dict[str, Any] = {"code": int(code), "message": message,
+                                "data": data if data_json is None else jsonfast.fragment(data_json),
+                                "request_id": request_id}
     if code != 0:
         envelope["source"] = source_of(code)
+    if not isinstance(data, bytes | bytearray):  # bytes go through _default: the stdlib path
+        body = jsonfast.encode(envelope, _default)
+        if body is not None:
+            return body
+    envelope["data"] = jsonfast.finite(data)
     try:
         try:
             return _ENCODER.encode(envelope).encode("utf-8")

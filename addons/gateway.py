@@ -23,6 +23,7 @@ from addons.chain.context import CallPipeline, GatewayContext  # noqa: E402
 from addons.chain.egress import Egress  # noqa: E402
 from addons.chain.forward import Forward  # noqa: E402
 from addons.chain.identify import Identify  # noqa: E402
+from addons.chain.lean import LeanAddons  # noqa: E402
 from addons.chain.quota import Quota  # noqa: E402
 from addons.chain.route import Route  # noqa: E402
 from addons.chain.rules import Rules  # noqa: E402
@@ -46,6 +47,7 @@ rules = Rules(gw)
 watch = Watch(gw, rules)
 
 addons = [
+    LeanAddons(),      # gateway_lean: mitmproxy's default addons left idle here are removed at start
     HideProxyAuth(),   # mitmweb only: Proxy-Authorization kept out of the flow list until Identify reads it
     AccessLogger(gw),  # gateway_log; writes one line per call at its end (response/error hooks)
     State(gw),         # gateway_redis: memory or Redis state with the state_failure fallback

@@ -12,12 +12,17 @@ Everything runs on this machine, on 127.0.0.1 and free ports, and is stopped at 
   ==========  =====  ==========================================================================
   direct      wrk    straight to nginx
   bare        wrk    through bare mitmdump (no addons, same options as the gateway otherwise)
+  bare-lean   wrk    bare mitmdump on the gateway's lean addon set (bench/lean.py: LeanAddons only)
   gw-mem      wrk    through the gateway, in-memory state (``./run_proxy.sh``)
   gw-cached   wrk    the gw-mem gateway, a method with a ``cache:`` block: every call a hit
   gw-redis    wrk    through the gateway with its own redis-server on a free port
   gw-cluster  wrk    through the gateway on its own 3-master Redis Cluster (``redis+cluster://``)
   gw-workers  wrk    ``GATEWAY_WORKERS=2 GATEWAY_REDIS=...``: 2 mitmdump sharing the port
   gw-trace    wrk    gw-mem with tracing on (``GATEWAY_OTLP``) to a local OTLP sink (bench/otlp_sink.py)
+  gw-full     wrk    the gateway (memory store) with every default mitmproxy addon (gateway_lean=false)
+  gw-1k       wrk    the gateway (memory store) with 1,000 services of 4 methods loaded
+  bare-100k   wrk    bare mitmdump, a 100 KB JSON answer (1,500 small objects)
+  gw-100k     wrk    the gateway (memory store), the same 100 KB answer through the json envelope
   bare-https  hey    bare mitmdump, HTTPS through CONNECT (client trusts certs/ CA; upstream TLS)
   gw-https    hey    the gateway (memory store), HTTPS through CONNECT to bench.upstream.test
   ==========  =====  ==========================================================================
@@ -67,6 +72,7 @@ import ssl
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -82,30 +88,40 @@ CACHED_PATH = "/cached"  # bench.cached: answered from the gateway's cache after
 APP = "bench"
 EXIT_MISSING_TOOL = 77
 
-ALL_ROWS = ["direct", "bare", "gw-mem", "gw-cached", "gw-redis", "gw-cluster", "gw-workers", "gw-trace",
-            "bare-https", "gw-https"]
+ALL_ROWS = ["direct", "bare", "bare-lean", "gw-mem", "gw-cached", "gw-redis", "gw-cluster", "gw-workers",
+            "gw-full", "gw-1k", "gw-trace", "bare-100k", "gw-100k", "bare-https", "gw-https"]
 LABELS = {
     "direct": "direct to nginx",
     "bare": "bare mitmdump",
+    "bare-lean": "bare mitmdump, lean addons",
     "gw-mem": "gateway, memory store",
     "gw-cached": "gateway, memory, cache hits",
     "gw-redis": "gateway, Redis",
     "gw-cluster": "gateway, Redis Cluster (3 masters)",
     "gw-workers": "gateway, 2 workers sharing the port, Redis",
     "gw-trace": "gateway, memory, traces to OTLP",
+    "gw-full": "gateway, memory, all default addons",
+    "gw-1k": "gateway, memory, 1,000 services",
+    "bare-100k": "bare mitmdump, 100 KB JSON",
+    "gw-100k": "gateway, memory, 100 KB JSON",
     "bare-https": "bare mitmdump, HTTPS CONNECT",
     "gw-https": "gateway, memory, HTTPS CONNECT",
 }
 # Each measured row is compared with this one; gateway rows are measured right beside it.
-BASELINE = {"direct": "bare", "gw-mem": "bare", "gw-cached": "bare", "gw-redis": "bare", "gw-cluster": "bare",
-            "gw-workers": "bare", "gw-trace": "bare", "gw-https": "bare-https"}
-PAIRED = {"gw-mem", "gw-cached", "gw-redis", "gw-cluster", "gw-workers", "gw-trace", "gw-https"}
+BASELINE = {"direct": "bare", "bare-lean": "bare", "gw-mem": "bare", "gw-cached": "bare", "gw-redis": "bare",
+            "gw-cluster": "bare", "gw-workers": "bare", "gw-trace": "bare", "gw-full": "bare", "gw-1k": "bare",
+            "gw-100k": "bare-100k", "gw-https": "bare-https"}
+PAIRED = {"bare-lean", "gw-mem", "gw-cached", "gw-redis", "gw-cluster", "gw-workers", "gw-trace", "gw-full", "gw-1k",
+          "gw-100k", "gw-https"}
 # The process serving each row.
-SERVER_OF = {"direct": "nginx", "bare": "bare", "bare-https": "bare", "gw-mem": "gw-mem", "gw-cached": "gw-mem",
-             "gw-redis": "gw-redis", "gw-cluster": "gw-cluster", "gw-workers": "gw-workers", "gw-trace": "gw-trace",
-             "gw-https": "gw-mem"}
-GATEWAYS = ("gw-mem", "gw-redis", "gw-cluster", "gw-workers", "gw-trace")
-REDIS_FREE = ("gw-mem", "gw-trace")  # gateways on the memory store
+SERVER_OF = {"direct": "nginx", "bare": "bare", "bare-lean": "bare-lean", "bare-100k": "bare",
+             "bare-https": "bare", "gw-mem": "gw-mem", "gw-cached": "gw-mem", "gw-redis": "gw-redis",
+             "gw-cluster": "gw-cluster", "gw-workers": "gw-workers", "gw-trace": "gw-trace",
+             "gw-full": "gw-full", "gw-1k": "gw-1k", "gw-100k": "gw-mem", "gw-https": "gw-mem"}
+GATEWAYS = ("gw-mem", "gw-redis", "gw-cluster", "gw-workers", "gw-trace", "gw-full", "gw-1k")
+REDIS_FREE = ("gw-mem", "gw-trace", "gw-full", "gw-1k")  # gateways on the memory store
+BIG_PATH = "/big.json"
+EXTRA_SERVICES = 999  # gw-1k: these beside the bench service, 4 methods each
 
 
 class BenchError(Exception):
@@ -246,11 +262,13 @@ class Stack:
         self.http_port = 0
         self.tls_port = 0
         self.bare_port = 0
+        self.bare_lean_port = 0
         self.redis_port = 0
         self.cluster_ports: list[int] = []
         self.otlp_port = 0
         self.gateways: dict[str, Gateway] = {}
         self.failed: dict[str, str] = {}  # server name -> why it is not available
+        self.www: Path | None = None  # nginx's document root (the 100 KB answer)
 
     @property
     def proxy_auth(self) -> str:
@@ -262,8 +280,8 @@ class Stack:
 
     def start(self, servers: set[str]) -> None:
         self._start_nginx()  # every row needs it: a failure here ends the run
-        for name, starter in (("bare", self._start_bare), ("redis", self._start_redis),
-                              ("cluster", self._start_cluster)):
+        for name, starter in (("bare", self._start_bare), ("bare-lean", self._start_bare_lean),
+                              ("redis", self._start_redis), ("cluster", self._start_cluster)):
             if name in servers:
                 self._try(name, starter)
         if "gw-trace" in servers:
@@ -296,7 +314,13 @@ class Stack:
         for sub in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
             (self.workdir / "nginx-tmp" / sub).mkdir(parents=True, exist_ok=True)
         conf = (HERE / "nginx.conf").read_text()
-        for key, value in {"DIR": str(self.workdir), "HTTP_PORT": str(self.http_port),
+        # nginx's worker drops to an unprivileged user when started as root, and the scratch
+        # directory (or one of its parents) may be private: the 100 KB answer lives in /tmp.
+        self.www = Path(tempfile.mkdtemp(prefix="gw-bench-www-", dir="/tmp"))
+        os.chmod(self.www, 0o755)
+        (self.www / BIG_PATH.lstrip("/")).write_bytes(big_json())
+        os.chmod(self.www / BIG_PATH.lstrip("/"), 0o644)
+        for key, value in {"DIR": str(self.workdir), "WWW": str(self.www), "HTTP_PORT": str(self.http_port),
                            "TLS_PORT": str(self.tls_port), "API_KEY": self.api_key}.items():
             conf = conf.replace(f"@{key}@", value)
         path = self.workdir / "nginx.conf"
@@ -362,21 +386,27 @@ class Stack:
                 "--set", "stream_large_bodies=1m", "--set", "flow_detail=0",
                 "--set", "termlog_verbosity=warn"]
 
-    def _start_bare(self) -> None:
+    def _start_bare(self, name: str = "bare", extra: tuple[str, ...] = ()) -> int:
         mitmdump = self.bin_dir / "mitmdump"
         if not mitmdump.exists():
             raise MissingTool(f"{mitmdump} does not exist")
-        self.bare_port = free_port()
-        log = self.workdir / "bare.out"
+        port = free_port()
+        if name == "bare":
+            self.bare_port = port
+        log = self.workdir / f"{name}.out"
         # ssl_insecure: the bare-https row's upstream is nginx with a self-signed certificate.
-        self.procs.start("bare", [str(mitmdump), "--listen-host", "127.0.0.1", "--listen-port",
-                                  str(self.bare_port), *self._mitm_common(), "--set", "ssl_insecure=true"],
+        self.procs.start(name, [str(mitmdump), "--listen-host", "127.0.0.1", "--listen-port",
+                                str(port), *self._mitm_common(), "--set", "ssl_insecure=true", *extra],
                          log=log)
-        self.procs.wait_port("bare", self.bare_port, 60, log)
+        self.procs.wait_port(name, port, 60, log)
         url = f"http://127.0.0.1:{self.http_port}{BENCH_PATH}"
-        status, body = http_get(self.bare_port, url, f"127.0.0.1:{self.http_port}", {"X-Api-Key": self.api_key})
+        status, body = http_get(port, url, f"127.0.0.1:{self.http_port}", {"X-Api-Key": self.api_key})
         if status != 200:
-            raise BenchError(f"bare mitmdump answered {status} {body[:200]!r}")
+            raise BenchError(f"{name} answered {status} {body[:200]!r}")
+        return port
+
+    def _start_bare_lean(self) -> None:
+        self.bare_lean_port = self._start_bare("bare-lean", ("-s", str(HERE / "lean.py")))
 
     def _start_gateway(self, name: str) -> None:
         if not (ROOT / "addons" / "gateway.py").exists():
@@ -385,9 +415,10 @@ class Stack:
         n = self.workers if name == "gw-workers" else 1
         admin = free_port_block(n)
         log, out = self.workdir / f"{name}.access.log", self.workdir / f"{name}.out"
+        rules = write_many_services(self.workdir / "rules-1k", EXTRA_SERVICES) if name == "gw-1k" else HERE / "rules"
         env = dict(os.environ,
                    GATEWAY_LISTEN=f"127.0.0.1:{port}",
-                   GATEWAY_RULES=str(HERE / "rules"),
+                   GATEWAY_RULES=str(rules),
                    GATEWAY_ADMIN=f"127.0.0.1:{admin[0]}",
                    GATEWAY_LOG=str(log),
                    GATEWAY_WORKERS=str(n),
@@ -403,10 +434,14 @@ class Stack:
             env["GATEWAY_REDIS"] = "redis+cluster://" + ",".join(f"127.0.0.1:{p}" for p in self.cluster_ports)
         else:
             env["GATEWAY_REDIS"] = f"redis://127.0.0.1:{self.redis_port}/{1 if name == 'gw-workers' else 0}"
-        self.procs.start(name, [str(ROOT / "run_proxy.sh"), "--set", "termlog_verbosity=warn"], env=env, log=out)
+        extra = ["--set", "gateway_lean=false"] if name == "gw-full" else []
+        started = time.monotonic()
+        self.procs.start(name, [str(ROOT / "run_proxy.sh"), "--set", "termlog_verbosity=warn", *extra],
+                         env=env, log=out)
         # The first start of run_proxy.sh may still install the project into .venv.
         self.procs.wait_port(name, port, 300, out)
         gw = Gateway(name, port, admin, log, out)
+        gw.checks["ready_s"] = round(time.monotonic() - started, 2)
         self.gateways[name] = gw
         self._check_gateway(gw)
 
@@ -444,6 +479,28 @@ class Stack:
             gw.requests_sent += 1
         finally:
             conn.close()
+
+
+def big_json() -> bytes:
+    """The 100 KB answer: an object holding 1,500 small objects, as a list API returns them."""
+    items = [{"id": i, "name": f"item-{i:04d}", "price": round(i * 1.25, 2), "active": i % 3 != 0}
+             for i in range(1500)]
+    return json.dumps({"ok": True, "total": len(items), "items": items}).encode()
+
+
+def write_many_services(directory: Path, count: int) -> Path:
+    """bench/rules plus `count` more services (4 methods each) on hosts no call uses."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for source in (HERE / "rules").glob("*.yaml"):
+        shutil.copy(source, directory / source.name)
+    for i in range(count):
+        (directory / f"svc{i:04d}.yaml").write_text(
+            f"service: svc{i:04d}\nhosts: [svc{i:04d}.upstream.test]\nupstream:\n"
+            '  url: "${BENCH_UPSTREAM}"\n  timeout: 5s\n'
+            'credentials:\n  type: static\n  header: X-Api-Key\n  value: "${BENCH_KEY}"\n'
+            "envelope: json\nmethods:\n"
+            + "".join(f"  m{j}:\n    method: GET\n    path: /svc{i:04d}/m{j}\n" for j in range(4)))
+    return directory
 
 
 def free_port_block(n: int) -> list[int]:
@@ -541,9 +598,11 @@ def load_for(row: str, stack: Stack) -> Load:
     if row == "direct":
         return Load("wrk", stack.http_port,
                     {"BENCH_PATH": BENCH_PATH, "BENCH_HOST": up, "BENCH_API_KEY": stack.api_key})
-    if row == "bare":
-        return Load("wrk", stack.bare_port, {"BENCH_PATH": f"http://{up}{BENCH_PATH}", "BENCH_HOST": up,
-                                             "BENCH_API_KEY": stack.api_key})
+    if row in ("bare", "bare-lean", "bare-100k"):
+        port = stack.bare_lean_port if row == "bare-lean" else stack.bare_port
+        path = BIG_PATH if row == "bare-100k" else BENCH_PATH
+        return Load("wrk", port, {"BENCH_PATH": f"http://{up}{path}", "BENCH_HOST": up,
+                                  "BENCH_API_KEY": stack.api_key})
     if row == "bare-https":
         return Load("hey", stack.bare_port, url=f"https://127.0.0.1:{stack.tls_port}{BENCH_PATH}",
                     proxy=f"http://127.0.0.1:{stack.bare_port}", headers=[f"X-Api-Key: {stack.api_key}"])
@@ -551,7 +610,7 @@ def load_for(row: str, stack: Stack) -> Load:
     if row == "gw-https":
         return Load("hey", gw.port, url=f"https://{BENCH_HOST}{BENCH_PATH}",
                     proxy=f"http://{APP}:{stack.app_secret}@127.0.0.1:{gw.port}")
-    path = CACHED_PATH if row == "gw-cached" else BENCH_PATH
+    path = CACHED_PATH if row == "gw-cached" else BIG_PATH if row == "gw-100k" else BENCH_PATH
     return Load("wrk", gw.port, {"BENCH_PATH": f"http://{BENCH_HOST}{path}", "BENCH_HOST": BENCH_HOST,
                                  "BENCH_AUTH": stack.proxy_auth})
 
@@ -683,8 +742,9 @@ def schedule(rows: list[str], rounds: int) -> list[tuple[int, int | None, str]]:
         pair = 0
         if "direct" in rows:
             plan.append((r, None, "direct"))
-        for base, members in (("bare", ["gw-mem", "gw-cached", "gw-redis", "gw-cluster", "gw-workers", "gw-trace"]),
-                              ("bare-https", ["gw-https"])):
+        for base, members in (("bare", ["bare-lean", "gw-mem", "gw-cached", "gw-redis", "gw-cluster", "gw-workers",
+                                         "gw-full", "gw-1k", "gw-trace"]),
+                              ("bare-100k", ["gw-100k"]), ("bare-https", ["gw-https"])):
             chosen = [m for m in members if m in rows]
             if not chosen and base in rows:
                 plan.append((r, None, base))
@@ -818,11 +878,11 @@ def check_gateways(stack: Stack) -> list[str]:
             try:
                 entry = json.loads(last)
                 gw.checks["last_log_entry"] = {k: entry.get(k) for k in ("app", "service", "method", "code", "status")}
-                # bench.cached: the gw-cached row, served by the gw-mem gateway.
+                # bench.cached: the gw-cached row; bench.big: the gw-100k row (both on the gw-mem gateway).
                 if (entry.get("app"), entry.get("service")) != (APP, "bench") or \
-                        entry.get("method") not in ("ping", "cached"):
+                        entry.get("method") not in ("ping", "cached", "big"):
                     problems.append(f"{gw.name}: last log line names {gw.checks['last_log_entry']}, "
-                                    "not app bench, service bench, method ping or cached")
+                                    "not app bench, service bench, method ping, cached or big")
             except ValueError:
                 problems.append(f"{gw.name}: the access log's last line is not JSON: {last[:200]!r}")
         counted = 0.0
@@ -983,8 +1043,14 @@ def main(argv: list[str] | None = None) -> int:
             stack.gateways["gw-trace"].checks["otlp_received"] = received
             if not received or not received.get("posts"):
                 problems.append("gw-trace: the OTLP sink received no spans")
+        for gw in stack.gateways.values():
+            proc = procs.running.get(gw.name)
+            kb = group_rss_kb(proc.pid) if proc is not None else None
+            gw.checks["rss_mb"] = round(kb / 1024, 1) if kb else None
     finally:
         procs.stop_all()
+        if stack.www is not None:
+            shutil.rmtree(stack.www, ignore_errors=True)
     if script_mtime is not None and script.exists() and script.stat().st_mtime != script_mtime and stack.gateways:
         # mitmproxy reloads a -s script when its file changes: the chain restarted mid-run.
         problems.append("addons/gateway.py changed during the run, so mitmproxy reloaded the chain: run again")
@@ -999,7 +1065,7 @@ def main(argv: list[str] | None = None) -> int:
                     "loadavg_before": load_before, "loadavg_after": os.getloadavg()},
         "params": {"duration_s": args.duration, "rounds": args.rounds, "connections": args.connections,
                    "warmup_s": args.warmup, "first_warmup_s": args.first_warmup, "workers": args.workers,
-                   "http": "HTTP/1.1 keep-alive", "body": "small JSON"},
+                   "http": "HTTP/1.1 keep-alive", "body": "small JSON (-100k rows: 100 KB JSON)"},
         "rows": [asdict(row) for row in rows.values()],
         "checks": {gw.name: gw.checks for gw in stack.gateways.values()},
         "problems": problems,
@@ -1012,7 +1078,8 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(f"HTTP/1.1 keep-alive, {args.connections} connections, {args.rounds} x {args.duration} s per row, "
           f"{os.cpu_count()} cpus (load average {load_before[0]:.1f} before, {os.getloadavg()[0]:.1f} after)")
-    print("medians; 'vs bare' and 'p99 added' are against bare mitmdump (HTTPS rows: against bare-https)")
+    print("medians; 'vs bare' and 'p99 added' are against bare mitmdump (gw-100k: against bare-100k; "
+          "HTTPS rows: against bare-https)")
     print(table(rows))
     if soak_result:
         print()
@@ -1029,6 +1096,7 @@ def main(argv: list[str] | None = None) -> int:
         c = gw.checks
         print(f"check {gw.name}: {c.get('log_lines', 0):,} log lines for {gw.requests_sent:,} calls, "
               f"metrics count {fmt(c.get('metrics_requests_total'), ',.0f')}, "
+              f"ready in {fmt(c.get('ready_s'), '.1f', ' s')}, RSS {fmt(c.get('rss_mb'), '.1f', ' MB')}, "
               f"secrets in log: {'YES' if c.get('secret_in_log') else 'no'}")
     for problem in problems:
         print(f"PROBLEM: {problem}")

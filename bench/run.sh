@@ -6,7 +6,8 @@
 #   --duration S     seconds measured per row and round (default 10)
 #   --rounds N       rounds, bare and gateway rows measured side by side in each (default 3)
 #   --connections C  keep-alive connections (default 16; 50 compares with the mitmproxy findings)
-#   --rows           of direct,bare,gw-mem,gw-cached,gw-redis,gw-cluster,gw-workers,gw-trace,bare-https,gw-https (default: all)
+#   --rows           of direct,bare,bare-lean,gw-mem,gw-cached,gw-redis,gw-cluster,gw-workers,gw-full,gw-1k,
+#                    gw-trace,bare-100k,gw-100k,bare-https,gw-https (default: all)
 #   --soak S         then S seconds of sustained load on the gateway, reporting its RSS growth
 #
 # Installs what it needs from Debian when missing (as root): nginx-light (the upstream), wrk, and
@@ -21,7 +22,7 @@ source "$(dirname "$0")/../scripts/env.sh"
 cd "$GW_ROOT"
 export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
 
-rows="direct,bare,gw-mem,gw-cached,gw-redis,gw-cluster,gw-workers,gw-trace,bare-https,gw-https"
+rows="direct,bare,bare-lean,gw-mem,gw-cached,gw-redis,gw-cluster,gw-workers,gw-full,gw-1k,gw-trace,bare-100k,gw-100k,bare-https,gw-https"
 prev=""
 for arg in "$@"; do
     case "$arg" in

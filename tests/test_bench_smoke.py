@@ -39,7 +39,7 @@ def test_bench_direct_and_bare_rows(tmp_path: Path) -> None:
     env = dict(os.environ, BENCH_PYTHON=sys.executable, TMPDIR=str(tmp_path), GATEWAY_CONFDIR=str(tmp_path / "ca"))
     proc = subprocess.run(
         [str(ROOT / "bench" / "run.sh"), "--duration", "2", "--rounds", "2", "--warmup", "1",
-         "--first-warmup", "1", "--rows", "direct,bare", "--json", str(results)],
+         "--first-warmup", "1", "--rows", "direct,bare,bare-lean,bare-100k", "--json", str(results)],
         env=env, capture_output=True, text=True, timeout=280, stdin=subprocess.DEVNULL,
     )
     if proc.returncode == 77:
@@ -48,7 +48,7 @@ def test_bench_direct_and_bare_rows(tmp_path: Path) -> None:
 
     data = json.loads(results.read_text())
     rows = {row["name"]: row for row in data["rows"]}
-    assert list(rows) == ["direct", "bare"]
+    assert list(rows) == ["direct", "bare", "bare-lean", "bare-100k"]
     for name, row in rows.items():
         assert row["error"] is None, (name, row["error"])
         assert len(row["runs"]) == 2, name  # one per round
@@ -57,6 +57,7 @@ def test_bench_direct_and_bare_rows(tmp_path: Path) -> None:
         for run in row["runs"]:
             assert run["requests"] > 0 and run["non2xx"] == 0, (name, run)
     assert rows["bare"]["ratio_vs_baseline"] == 1.0
+    assert rows["bare-lean"]["ratio_vs_baseline"] > 0  # measured beside bare, round by round
     assert rows["direct"]["ratio_vs_baseline"] > 0
     assert data["params"]["connections"] == 16
 

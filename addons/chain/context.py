@@ -88,11 +88,13 @@ class GatewayContext:
 
 
 def answer(flow: http.HTTPFlow, call: Call, code: int, message: str, data: Any = None,
-           headers: dict[str, str] | None = None, status: int | None = None) -> None:
-    """End the call here with an envelope the gateway makes itself (never raw, whatever the rule)."""
+           headers: dict[str, str] | None = None, status: int | None = None,
+           data_json: bytes | None = None) -> None:
+    """End the call here with an envelope the gateway makes itself (never raw, whatever the rule).
+    `data_json`: `data` as the provider's own JSON text, spliced in unchanged."""
     call.code = code
     call.message = message
-    body = render(code, message, data, call.request_id)
+    body = render(code, message, data, call.request_id, data_json)
     status = status or http_status(code)
     # Built in one go (Response.make re-encodes and sets headers one by one: twice the cost).
     fields = [(b"Content-Type", JSON_BYTES), (b"Content-Length", str(len(body)).encode()),

@@ -10,7 +10,7 @@ from multidict import CIMultiDict
 from addons.call import Call
 from addons.chain.context import GatewayContext, answer, fail
 from addons.chain.echo import mask_echoed_secrets
-from addons.envelope import ProviderAnswer
+from addons.envelope import SPLICED, ProviderAnswer
 from addons.errors import Code, GatewayError
 from addons.explicit import json_object, reshape
 from addons.outbound import OutboundRequest
@@ -70,7 +70,7 @@ class Forward:
                 verdict = runtime.adapter.classify(ProviderAnswer(200, CIMultiDict(), local), call.rule)
                 result = Result(verdict.code, verdict.message, verdict=verdict, status=200,
                                 headers=CIMultiDict({"Content-Type": "application/json"}), raw_body=local,
-                                data=verdict.data)
+                                data=verdict.result_data)
             else:
                 base = outbound_from(flow, call.request_id, method, route.path, route.consumed)
                 base.named_host = route.named_host
@@ -99,7 +99,13 @@ class Forward:
             # envelope: it goes to the caller as it came, with X-Request-ID set.
             self._raw(flow, call, result, method)
         else:
-            answer(flow, call, result.code, result.message, result.data)
+            verdict = result.verdict
+            # The provider's bytes stand for data only while data is still the body they encode.
+            data_json = None
+            if verdict is not None and (result.data is SPLICED or verdict.data is result.data):
+                data_json = verdict.data_json
+            data = None if result.data is SPLICED else result.data
+            answer(flow, call, result.code, result.message, data, data_json=data_json)
         if flow.response is not None:
             mask_echoed_secrets(flow.response, self.gw.redactor)
 

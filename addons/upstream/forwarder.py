@@ -357,7 +357,7 @@ async def _attempts(runtime: ServiceRuntime, base: OutboundRequest, rule: str, m
             else:
                 verdict = _classify(runtime, rule, status, headers, body)
             result.verdict = verdict
-            result.code, result.message, result.data = verdict.code, verdict.message, verdict.data
+            result.code, result.message, result.data = verdict.code, verdict.message, verdict.result_data
             result.error = verdict.detail
             if ((verdict.code != 0 or verdict.provider_code is not None) and not refreshed
                     and runtime.credential.rejected(status, verdict.provider_code)):
