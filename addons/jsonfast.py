@@ -10,6 +10,7 @@ the stdlib path, so the result is what it always was. A float the stdlib would w
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -23,6 +24,11 @@ _DECODER = msgspec.json.Decoder()
 _DECODER_RAW = msgspec.json.Decoder(msgspec.Raw)
 # Datetimes and dataclasses go to `default` (str()), as the stdlib encoder would have them.
 _OPTIONS = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
+# A number a double cannot hold (`1e999999`, hundreds of digits) may be in the body: splicing it
+# would hand callers a value their parsers read as infinity, so such a body takes the parsing path,
+# which keeps the number's text (envelope._finite). Also true for digits inside strings: then the
+# body is merely parsed, never changed.
+_MAYBE_OVERFLOW = re.compile(rb"[eE][+-]?\d{3,}|\d{300,}")
 
 
 def decode_utf8(body: bytes) -> tuple[Any, bytes] | object:
@@ -42,6 +48,8 @@ def json_text(body: bytes) -> bytes | None:
     lone surrogate escape the stdlib accepts (the caller parses it then)."""
     if body.startswith(BOM):
         body = body[len(BOM):]
+    if _MAYBE_OVERFLOW.search(body):
+        return None
     try:
         _DECODER_RAW.decode(body)  # the JSON grammar, nothing built
         body.decode("utf-8")  # msgspec does not check the bytes inside strings when it skips them

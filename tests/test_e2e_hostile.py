@@ -76,6 +76,11 @@ class Watcher:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        # An attack refused within milliseconds may end before the other caller's first call: wait
+        # for at least one, so the latency and code assertions always have something to judge.
+        deadline = time.monotonic() + 15
+        while not self.codes and time.monotonic() < deadline and self._threads[1].is_alive():
+            time.sleep(0.01)
         self._stop.set()
         for thread in self._threads:
             thread.join(15)
