@@ -23,12 +23,14 @@ from addons.chain.identify import Identify  # noqa: E402
 from addons.chain.quota import Quota  # noqa: E402
 from addons.chain.route import Route  # noqa: E402
 from addons.chain.rules import Rules  # noqa: E402
+from addons.chain.shaping import Shaping  # noqa: E402
 from addons.chain.state import State  # noqa: E402
 from addons.chain.watch import Watch  # noqa: E402
 from addons.chain.websocket import WebSockets  # noqa: E402
 from addons.chain.webview import HideProxyAuth, WebView  # noqa: E402
 
 gw = GatewayContext()
+shaping = Shaping(gw)  # before the steps: Quota and Forward find it on gw
 # The per-call steps, in the order a call meets them (each also keeps its own CONNECT/header hooks):
 steps = (
     Identify(gw),      # which app: Proxy-Authorization (request or CONNECT), signature, address
@@ -46,6 +48,7 @@ addons = [
     rules,             # gateway_rules: load, validate, swap the rule set
     watch,             # reload on file change / SIGHUP / gateway.reload; gateway_rules_url feed
     Admin(gw, watch),  # gateway_admin: /metrics /healthz /readyz /status
+    shaping,           # queued quotas, the provider's quota; drops a disconnected caller's waiting calls
     *steps,
     CallPipeline(gw, *steps),  # runs the steps above, in order, from one request hook
     WebSockets(gw),    # pass-through WebSockets keep only their newest message (bounded memory)

@@ -23,6 +23,7 @@ from addons.redact import Redactor
 
 if TYPE_CHECKING:
     from addons.accesslog import AccessLog
+    from addons.chain.shaping import Shaping
     from addons.runtime import Compiled
     from addons.state.base import StateStore
     from addons.upstream.health import HealthRegistry
@@ -50,6 +51,8 @@ class GatewayContext:
         # Apps identified on the CONNECT of a tunnel: every request inside it is theirs.
         self.tunnels: weakref.WeakKeyDictionary[connection.Client, str] = weakref.WeakKeyDictionary()
         self.on_rules_changed: list[Callable[[Compiled], None]] = []
+        # Queued quotas and the provider's learned quota (addons/chain/shaping.py), when loaded.
+        self.shaping: Shaping | None = None
         # Writes a call's log line and metrics; set by the AccessLogger addon.
         self.finish: Callable[[http.HTTPFlow], None] = lambda flow: None
 

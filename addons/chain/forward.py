@@ -62,6 +62,8 @@ class Forward:
         except GatewayError as error:
             fail(flow, call, error, call.rule)
             return
+        if local is None and self.gw.shaping is not None:
+            self.gw.shaping.learn(runtime, result)  # the provider's own quota, from its answer
         call.attempts, call.target, call.upstream_ms = result.attempts, result.target, result.upstream_ms
         call.error = result.error
         if local is None:  # a fallback answer made no attempt: "0" says so

@@ -26,6 +26,9 @@ class Quota:
             return None
         now = time.time()
         checks = compiled.quotas(call.app, call.route, now)
+        shaped = self._shaped(flow, checks, now)
+        if shaped is not None:
+            return shaped
         if not checks:
             return None
         if isinstance(store, MemoryStore):
@@ -33,6 +36,11 @@ class Quota:
             self._decide(flow, checks, store.admit_now(checks, now), now)
             return None
         return self._admit_shared(flow, checks, now)
+
+    def _shaped(self, flow: http.HTTPFlow, checks: list[QuotaCheck], now: float) -> Awaitable[None] | None:
+        """Queued entries and the provider's learned quota (SPEC 14) take the call over, when they apply."""
+        shaping = self.gw.shaping
+        return None if shaping is None else shaping.intercept(flow, checks, now, self._decide)
 
     async def _admit_shared(self, flow: http.HTTPFlow, checks: list[QuotaCheck], now: float) -> None:
         assert self.gw.store is not None

@@ -13,6 +13,7 @@ from pydantic import AfterValidator, Field, field_validator, model_validator
 
 from addons.credentials.schema import CredentialsSpec, NoCredentials
 from addons.rules.fields import Duration, FileText, Model, Name, RateField, Secret, TimeZone
+from addons.shaping.schema import DEFAULT_QUEUE_MAX, ProviderQuotaSpec, QueueMax, QueueWait
 from addons.signing.schema import SigningSpec
 
 HTTP_METHODS = {"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"}
@@ -48,6 +49,7 @@ class QuotaSpec(Model):
     limit: RateField
     per: Literal["app", "service"] = "app"
     tz: TimeZone = None
+    queue: QueueWait = None  # shaping (SPEC 14): over the limit, wait up to this long for room
 
 
 def _check_ca(value: str | None) -> str | None:
@@ -151,6 +153,7 @@ class ServiceSpec(Model):
     fallback: FallbackSpec | None = None
     methods: dict[Name, MethodSpec] = {}
     unmatched: Literal["allow", "deny"] = "allow"
+    provider_quota: ProviderQuotaSpec | None = None  # shaping (SPEC 14): the provider's own quota headers
 
     @field_validator("hosts")
     @classmethod
@@ -180,6 +183,7 @@ class AppQuotaSpec(Model):
     limit: RateField
     per: Literal["app"] = "app"
     tz: TimeZone = None
+    queue: QueueWait = None  # shaping (SPEC 14)
 
 
 class AppSpec(Model):
@@ -224,6 +228,7 @@ class GatewaySpec(Model):
     state_failure: Literal["open", "closed"] = "open"
     instances: int = Field(1, ge=1)
     redact: list[RedactRule] = []
+    queue_max: QueueMax = DEFAULT_QUEUE_MAX  # shaping (SPEC 14): calls waiting per process
 
 
 class AppsFile(Model):
