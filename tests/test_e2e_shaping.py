@@ -210,6 +210,7 @@ def test_remaining_zero_stops_the_whole_fleet_until_the_reset(fleet: tuple[FakeP
     body = refused.json()
     assert body["code"] == -1005 and body["source"] == "upstream"
     assert 1 <= int(refused.headers["Retry-After"]) <= 2
+    assert status(gw2)["shaping"]["fleet_channel"] == "subscribed"
     learned = status(gw2)["shaping"]["provider_quota"]["counted"]
     assert learned["blocked"] is True and learned["remaining"] == 0
     assert [s.query.get("tag") for _, s in arrivals.snapshot()] == ["spent"]

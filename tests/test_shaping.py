@@ -87,8 +87,10 @@ def test_429_retry_after_and_wechat_codes_block_the_same_way() -> None:
     assert seen is not None and seen.blocked_until == NOW + 3
     dated = observe(429, CIMultiDict({"Retry-After": formatdate(NOW + 8, usegmt=True)}), NOW)
     assert dated is not None and dated.blocked_until == NOW + 8
-    bare = observe(429, CIMultiDict(), NOW)
-    assert bare is not None and bare.blocked_until is not None and NOW < bare.blocked_until <= NOW + 1
+    # A 429 that names no reset stops nothing; a spent RateLimit field on it still does.
+    assert observe(429, CIMultiDict(), NOW) is None
+    spent = observe(429, CIMultiDict({"RateLimit": '"m";r=0;t=4'}), NOW)
+    assert spent is not None and spent.blocked_until == NOW + 4
     minute = observe(200, CIMultiDict(), NOW, provider_code="45011", wechat=True)
     assert minute is not None and minute.blocked_until == (NOW // 60 + 1) * 60
     day = wechat_reset("45009", NOW)

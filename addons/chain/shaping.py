@@ -9,9 +9,9 @@ instance does the same at the same edge, so the fleet costs one refused script p
 window at most: no polling and no storm. A caller that disconnects is dropped from its queue by
 mitmproxy's `client_disconnected` hook at once.
 
-The provider's quota (`blocked until T`, addons/shaping/provider.py) is kept in this process and,
-with Redis, in the state store under `pq:<service>` with a TTL ending at T; an instance reads it with
-one GET per call before its admission script.
+The provider's quota (`blocked until T`, addons/shaping/provider.py) is kept in this process; with
+Redis it is also published to the fleet (addons/shaping/fleet.py: a key with a TTL ending at T and a
+pub/sub message), so a call checks it in memory and costs no extra Redis round trip.
 """
 
 from __future__ import annotations
@@ -24,17 +24,17 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from mitmproxy import connection, http
+from mitmproxy import connection, ctx, http
 from prometheus_client import Gauge, Histogram
 
 from addons.chain.context import GatewayContext, fail
 from addons.errors import Code, GatewayError
 from addons.quota import quota_checks
 from addons.shaping.fair import FairQueue
-from addons.shaping.provider import ProviderQuotas, observe
+from addons.shaping.fleet import FleetBlocks
+from addons.shaping.provider import MAX_BLOCK, ProviderQuotas, observe
 from addons.shaping.schema import DEFAULT_QUEUE_MAX
 from addons.state.base import Admission, QuotaCheck, StateUnavailable
-from addons.state.memory import MemoryStore
 
 if TYPE_CHECKING:
     from addons.runtime import Compiled, ServiceRuntime
@@ -45,7 +45,6 @@ log = logging.getLogger("gateway")
 WAIT_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
 # Woken this long after a window's edge, so the clock surely reads the new window.
 EDGE_SLACK = 0.002
-BLOCK_KEY = "pq:"
 
 Decide = Callable[[http.HTTPFlow, list[QuotaCheck], Admission, float], None]
 GroupKey = tuple[str, int, int]
@@ -89,6 +88,7 @@ class Shaping:
         self._waiting = 0
         self._waits_for: tuple[Compiled | None, dict[tuple[str | None, str], tuple[float, ...] | None]] = (None, {})
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.fleet: FleetBlocks | None = None
         registry = gw.metrics.registry
         self.wait_seconds = Histogram("gateway_queue_wait_seconds",
                                       "Time calls waited for room (a queue or the provider's reset).", ["service"],
@@ -107,10 +107,52 @@ class Shaping:
                 waiter.future.cancel()
             self._leave(waiter)
 
+    def configure(self, updated: set[str]) -> None:
+        if "gateway_redis" not in updated:
+            return
+        url = str(getattr(ctx.options, "gateway_redis", "") or "").strip()
+        if self.fleet is not None:
+            self._spawn(self.fleet.close())
+            self.fleet = None
+        if url.startswith(("redis://", "rediss://", "unix://")):
+            self.fleet = FleetBlocks(url, self._heard_block, self._service_names)
+            self.running()
+
+    def running(self) -> None:
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return  # configured before the loop runs: started by mitmproxy's running hook
+        if self.fleet is not None:
+            self.fleet.start()
+
     def done(self) -> None:
         for group in self._groups.values():
             if group.timer is not None:
                 group.timer.cancel()
+
+    def _spawn(self, coro: Any) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            coro.close()
+            return
+        task = loop.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _service_names(self) -> list[str]:
+        compiled = self.gw.compiled
+        return list(compiled.services) if compiled is not None else []
+
+    def _heard_block(self, service: str, until: float) -> None:
+        """Another instance learned that `service`'s provider quota is spent until `until`."""
+        compiled = self.gw.compiled
+        now = time.time()
+        if compiled is None or service not in compiled.services or until <= now:
+            return
+        self.provider.block(service, min(until, now + MAX_BLOCK), now)
+        self.remaining_gauge.labels(service).set(0)
 
     # -- configuration --------------------------------------------------------------------------
 
@@ -169,8 +211,7 @@ class Shaping:
         if route is None or store is None:
             return None
         waits = self._waits(call.app, route, checks) if checks else None
-        shared = not isinstance(store, MemoryStore)
-        if waits is None and not shared and self.provider.blocked_until(route.service, now) is None:
+        if waits is None and self.provider.blocked_until(route.service, now) is None:
             return None
         return self._shaped(flow, checks, waits, now, decide)
 
@@ -186,8 +227,6 @@ class Shaping:
         started = time.monotonic()
 
         until = self.provider.blocked_until(service, now)
-        if until is None and not isinstance(self.gw.store, MemoryStore):
-            until = await self._fleet_block(service, now)
         if until is not None:
             if until - now > budget or not self._room_in_queue():
                 self._provider_refuse(flow, service, until, now)
@@ -423,28 +462,11 @@ class Shaping:
         call.error = "provider quota spent (learned); not sent"
         fail(flow, call, error, call.rule)
 
-    async def _fleet_block(self, service: str, now: float) -> float | None:
-        store = self.gw.store
-        assert store is not None
-        try:
-            value = await store.get(BLOCK_KEY + service)
-        except StateUnavailable:
-            return None
-        if not value:
-            return None
-        try:
-            until = float(value)
-        except ValueError:
-            return None
-        if until <= now:
-            return None
-        self.provider.block(service, until, now)
-        return until
-
-    def learn(self, runtime: ServiceRuntime, result: Result) -> None:
-        """Read one provider answer for what it says about the provider's quota."""
+    def learn(self, runtime: ServiceRuntime, result: Result) -> Awaitable[None] | None:
+        """Read one provider answer for what it says about the provider's quota. Returns an awaitable
+        (telling the fleet, one Redis round trip) only when the answer newly spends the quota."""
         if result.status is None:
-            return
+            return None
         spec = runtime.spec.provider_quota
         verdict = result.verdict
         now = time.time()
@@ -454,7 +476,7 @@ class Shaping:
                        provider_code=verdict.provider_code if verdict is not None else None,
                        wechat=getattr(runtime.adapter, "name", None) == "wechat" or _kind(runtime) == "wechat")
         if seen is None:
-            return
+            return None
         service = runtime.name
         before = self.provider.blocked_until(service, now)
         state = self.provider.learn(service, seen, now)
@@ -462,22 +484,9 @@ class Shaping:
             self.remaining_gauge.labels(service).set(state.remaining)
         if seen.blocked_until is not None and (before is None or seen.blocked_until > before):
             log.info("gateway: %s: the provider's quota is spent for %.1fs", service, seen.blocked_until - now)
-            store = self.gw.store
-            if store is not None and not isinstance(store, MemoryStore):
-                task = asyncio.get_running_loop().create_task(
-                    self._share_block(service, seen.blocked_until))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
-
-    async def _share_block(self, service: str, until: float) -> None:
-        store = self.gw.store
-        ttl = until - time.time()
-        if store is None or ttl <= 0:
-            return
-        try:
-            await store.set(BLOCK_KEY + service, repr(until).encode(), ttl)
-        except StateUnavailable:
-            pass  # this instance still knows; the others learn from their own answers
+            if self.fleet is not None:
+                return self.fleet.publish(service, seen.blocked_until, now)
+        return None
 
     # -- operations -----------------------------------------------------------------------------
 
@@ -490,6 +499,7 @@ class Shaping:
                 "by_service": {name: depth for name, depth in sorted(self._depth.items()) if depth},
             },
             "provider_quota": self.provider.status(now),
+            "fleet_channel": None if self.fleet is None else ("subscribed" if self.fleet.subscribed else "connecting"),
         }
 
 

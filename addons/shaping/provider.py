@@ -138,11 +138,11 @@ def observe(status: int | None, headers: Mapping[str, str], now: float, *, remai
     if policy:
         limit = parse_policy_limit(policy)
     blocked: float | None = None
-    if status == 429:
-        retry = parse_reset(headers.get("retry-after"), now) if headers.get("retry-after") else None
-        # Retry-After is delta seconds or a date, never a unix time; parse_reset reads huge numbers as
-        # one, which only a broken header would send.
-        blocked = retry if retry is not None else (reset_at or now + DEFAULT_BLOCK)
+    retry = parse_reset(headers.get("retry-after"), now) if status == 429 else None
+    if retry is not None:
+        # A 429 names its reset in Retry-After; one without it names none, and stops nothing (the
+        # call's own retry policy decides). A huge number reads as a unix time: only a broken header.
+        blocked = retry
     elif wechat and (until := wechat_reset(provider_code, now)) is not None:
         blocked = until
     elif remaining == 0:
