@@ -9,6 +9,7 @@ from multidict import CIMultiDict
 
 from addons.rules.loader import load_sources
 from addons.shaping.fair import FairQueue
+from addons.shaping.fleet import parse_message
 from addons.shaping.provider import (
     MAX_BLOCK,
     ProviderQuotas,
@@ -133,3 +134,10 @@ def test_schema_of_queue_queue_max_and_provider_quota(tmp_path: Path) -> None:
     ], tmp_path, env={})
     text = "\n".join(str(p) for p in problems)
     assert "queue" in text and "header name" in text and "queue_max" in text, text
+
+
+def test_fleet_messages_are_parsed_strictly() -> None:
+    assert parse_message(b"sms 1764000002.5") == ("sms", 1764000002.5)
+    assert parse_message("wx 1764000000") == ("wx", 1764000000.0)
+    for bad in (b"", b"sms", b"sms soon", b" 1764000000", b"sms nan", b"sms inf", b"x " + b"1" * 300):
+        assert parse_message(bad) is None

@@ -127,6 +127,8 @@ class Shaping:
             self.fleet.start()
 
     def done(self) -> None:
+        if self.fleet is not None:
+            self.fleet.stop()
         for group in self._groups.values():
             if group.timer is not None:
                 group.timer.cancel()

@@ -109,6 +109,11 @@ class FleetBlocks:
             await asyncio.sleep(delay)
             delay = min(RECONNECT_MAX, delay * 2)
 
+    def stop(self) -> None:
+        """Stop listening (a sync shutdown hook); close() also releases the connections."""
+        if self._task is not None:
+            self._task.cancel()
+
     async def close(self) -> None:
         if self._task is not None:
             self._task.cancel()
