@@ -27,6 +27,7 @@ from addons.chain.lean import LeanAddons  # noqa: E402
 from addons.chain.quota import Quota  # noqa: E402
 from addons.chain.route import Route  # noqa: E402
 from addons.chain.rules import Rules  # noqa: E402
+from addons.chain.shaping import Shaping  # noqa: E402
 from addons.chain.state import State  # noqa: E402
 from addons.chain.tracing import Tracing  # noqa: E402
 from addons.chain.watch import Watch  # noqa: E402
@@ -35,6 +36,7 @@ from addons.chain.webview import HideProxyAuth, WebView  # noqa: E402
 
 gw = GatewayContext()
 cache = Cache(gw)  # the response cache: its lookup runs before Quota, its store around Forward
+shaping = Shaping(gw)  # before the steps: Quota and Forward find it on gw
 # The per-call steps, in the order a call meets them (each also keeps its own CONNECT/header hooks):
 steps = (
     Identify(gw),      # which app: Proxy-Authorization (request or CONNECT), signature, address
@@ -57,6 +59,7 @@ addons = [
     Admin(gw, watch),  # gateway_admin: /metrics /healthz /readyz /status, the status page at /
     ClientConnections(gw),  # gateway.client_idle, gateway.header_timeout: idle and slow clients closed
     Tracing(gw),       # gateway_otlp: OpenTelemetry traces over OTLP/HTTP (off when unset)
+    shaping,           # queued quotas, the provider's quota; drops a disconnected caller's waiting calls
     *steps,
     Egress(gw),        # pass-through destinations: checked on the resolved address, every connect
     CallPipeline(gw, *steps),  # runs the steps above, in order, from one request hook

@@ -73,6 +73,14 @@ def gw(tmp_path_factory: pytest.TempPathFactory, confdir: Path, provider: FakePr
             upstream: {{url: "{url}"}}
             envelope: wechat
         """,
+        # A 45009 stops the gateway sending that service calls until WeChat's day ends (SPEC 14):
+        # it gets a service of its own, so wx stays usable for the other cases.
+        "wxquota.yaml": f"""
+            service: wxquota
+            hosts: [wxquota.test]
+            upstream: {{url: "{url}"}}
+            envelope: wechat
+        """,
         "ali.yaml": f"""
             service: ali
             hosts: [ali.test]
@@ -303,7 +311,7 @@ def test_unknown_hosts_deny_refuses_egress(tmp_path: Path, confdir: Path, provid
 @pytest.mark.parametrize(("host", "path", "reply", "status", "code"), [
     ("wx.test", "/cgi-bin/x", Reply(200, {"errcode": 0, "errmsg": "ok", "openid": "o1"}), 200, 0),
     ("wx.test", "/cgi-bin/x", Reply(200, {"errcode": 40001, "errmsg": "invalid credential"}), 502, -1002),
-    ("wx.test", "/cgi-bin/x", Reply(200, {"errcode": 45009, "errmsg": "api freq out of limit"}), 503, -1005),
+    ("wxquota.test", "/cgi-bin/x", Reply(200, {"errcode": 45009, "errmsg": "api freq out of limit"}), 503, -1005),
     ("wx.test", "/cgi-bin/x", Reply(200, {"errcode": -1, "errmsg": "system busy"}), 503, -1003),
     ("wx.test", "/cgi-bin/x", Reply(200, {"errcode": 40003, "errmsg": "invalid openid"}), 400, -2005),
     ("ali.test", "/gateway.do", Reply(200, {"alipay_trade_query_response": {"code": "10000", "msg": "Success",

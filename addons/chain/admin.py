@@ -332,6 +332,7 @@ class Admin:
             "apps": apps,
             "health": gw.health.status() if gw.health is not None else {},
             "state": _store_status(gw.store),
+            "shaping": gw.shaping.status() if gw.shaping is not None else None,
             "access_log": {
                 "path": access_log.path if access_log is not None else None,
                 "dropped": access_log.dropped if access_log is not None else 0,

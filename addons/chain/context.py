@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from addons.accesslog import AccessLog
     from addons.chain.cache import Cache
     from addons.chain.egress import Egress
+    from addons.chain.shaping import Shaping
     from addons.runtime import Compiled
     from addons.state.base import StateStore
     from addons.tracing import Tracer
@@ -56,6 +57,8 @@ class GatewayContext:
         # Apps identified on the CONNECT of a tunnel: every request inside it is theirs.
         self.tunnels: weakref.WeakKeyDictionary[connection.Client, str] = weakref.WeakKeyDictionary()
         self.on_rules_changed: list[Callable[[Compiled], None]] = []
+        # Queued quotas and the provider's learned quota (addons/chain/shaping.py), when loaded.
+        self.shaping: Shaping | None = None
         # Writes a call's log line and metrics; set by the AccessLogger addon.
         self.finish: Callable[[http.HTTPFlow], None] = lambda flow: None
         # Set by the Tracing addon while `gateway_otlp` is set; None costs the call path one test.

@@ -86,6 +86,10 @@ class Forward:
         except GatewayError as error:
             fail(flow, call, error, call.rule)
             return
+        if local is None and self.gw.shaping is not None:
+            learned = self.gw.shaping.learn(runtime, result)  # the provider's own quota, from its answer
+            if learned is not None:
+                await learned  # the fleet knows before this caller can call again
         call.attempts, call.target, call.upstream_ms = result.attempts, result.target, result.upstream_ms
         call.error = result.error
         if local is None:  # a fallback answer made no attempt: "0" says so

@@ -26,8 +26,14 @@ class Quota:
             return None
         now = time.time()
         checks = compiled.quotas(call.app, call.route, now)
-        if call.cache is not None and call.cache.spares_provider:
+        # A cached answer (or one shared with an identical call in flight) never reaches the provider:
+        # only the app's own quotas count it, and the provider's learned quota does not hold it back.
+        spares_provider = call.cache is not None and call.cache.spares_provider
+        if spares_provider:
             checks = per_app_only(checks)
+        shaped = self._shaped(flow, checks, now, provider=not spares_provider)
+        if shaped is not None:
+            return shaped
         if not checks:
             return None
         if isinstance(store, MemoryStore):
@@ -35,6 +41,12 @@ class Quota:
             self._decide(flow, checks, store.admit_now(checks, now), now)
             return None
         return self._admit_shared(flow, checks, now)
+
+    def _shaped(self, flow: http.HTTPFlow, checks: list[QuotaCheck], now: float,
+                provider: bool = True) -> Awaitable[None] | None:
+        """Queued entries and the provider's learned quota (SPEC 14) take the call over, when they apply."""
+        shaping = self.gw.shaping
+        return None if shaping is None else shaping.intercept(flow, checks, now, self._decide, provider)
 
     async def _admit_shared(self, flow: http.HTTPFlow, checks: list[QuotaCheck], now: float) -> None:
         assert self.gw.store is not None

@@ -14,6 +14,7 @@ from pydantic import AfterValidator, Field, field_validator, model_validator
 from addons.cache.schema import CacheSpec, GatewayCacheSpec
 from addons.credentials.schema import CredentialsSpec, NoCredentials
 from addons.rules.fields import Duration, FileText, Model, Name, RateField, Secret, TimeZone
+from addons.shaping.schema import DEFAULT_QUEUE_MAX, ProviderQuotaSpec, QueueMax, QueueWait
 from addons.signing.schema import SigningSpec
 
 HTTP_METHODS = {"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"}
@@ -49,6 +50,7 @@ class QuotaSpec(Model):
     limit: RateField
     per: Literal["app", "service"] = "app"
     tz: TimeZone = None
+    queue: QueueWait = None  # shaping (SPEC 14): over the limit, wait up to this long for room
 
 
 def _check_ca(value: str | None) -> str | None:
@@ -160,6 +162,7 @@ class ServiceSpec(Model):
     cache: CacheSpec | None = None  # SPEC 13
     methods: dict[Name, MethodSpec] = {}
     unmatched: Literal["allow", "deny"] = "allow"
+    provider_quota: ProviderQuotaSpec | None = None  # shaping (SPEC 14): the provider's own quota headers
 
     @field_validator("hosts")
     @classmethod
@@ -195,6 +198,7 @@ class AppQuotaSpec(Model):
     limit: RateField
     per: Literal["app"] = "app"
     tz: TimeZone = None
+    queue: QueueWait = None  # shaping (SPEC 14)
 
 
 class AppSpec(Model):
@@ -261,6 +265,7 @@ class GatewaySpec(Model):
     header_timeout: Annotated[Duration, Field(gt=0)] = 10.0
     cache: GatewayCacheSpec = GatewayCacheSpec()
     egress: EgressSpec = EgressSpec()
+    queue_max: QueueMax = DEFAULT_QUEUE_MAX  # shaping (SPEC 14): calls waiting per process
 
 
 class AppsFile(Model):
