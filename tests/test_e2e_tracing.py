@@ -116,7 +116,8 @@ def rules(tmp_path: Path, fake: FakeProvider, unknown_hosts: str = "deny") -> Pa
         "apps.yaml": f"""
             apps:
               {APP}: {{secret: {APP_SECRET}}}
-            gateway: {{require_app: true, unknown_hosts: {unknown_hosts}}}
+            # The pass-through host is a fake on loopback, which egress control refuses by default.
+            gateway: {{require_app: true, unknown_hosts: {unknown_hosts}, egress: {{allow_cidrs: [127.0.0.0/8]}}}}
         """,
     })
 

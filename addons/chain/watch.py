@@ -189,8 +189,7 @@ class Watch:
         loop = asyncio.get_running_loop()
         self._start_watcher()
         if self.feed.url:
-            self._load_cache()
-            self._start_poller()
+            self._start_poller()  # which first puts the saved copy of the feed in force
         try:
             loop.add_signal_handler(signal.SIGHUP, self._sighup)
             self._signal_loop = loop
@@ -373,7 +372,7 @@ class Watch:
             return ""
         return configured or rules_cache.default_path(ctx.options.gateway_rules)
 
-    def _load_cache(self) -> None:
+    async def _load_cache(self) -> None:
         """At start: the saved copy of this feed in force at once, until the feed answers."""
         feed = self.feed
         feed.cache_path = self._cache_path()
@@ -384,7 +383,7 @@ class Watch:
             return
         digest = hashlib.sha256(text.encode()).hexdigest()[:16]
         documents = [(f"{feed.shown}#{i}", doc) for i, doc in enumerate(split_documents(text), 1)]
-        if self._try_remote(documents, digest, f"saved remote rules from {feed.cache_path}"):
+        if await self._try_remote(documents, digest, f"saved remote rules from {feed.cache_path}"):
             feed.in_force = "cache"
             log.info("gateway: remote rules from the saved copy %s in force (%d document(s)) until %s answers",
                      feed.cache_path, len(documents), feed.shown)
@@ -415,6 +414,11 @@ class Watch:
         self._poll_task = None
 
     async def _poll_loop(self, feed: RemoteFeed) -> None:
+        if feed.in_force == "none":
+            try:
+                await self._load_cache()
+            except Exception as exc:  # an unreadable saved copy must not end polling
+                log.warning("gateway: saved remote rules not used (%s)", type(exc).__name__)
         await _startup_checked()
         while True:
             try:
