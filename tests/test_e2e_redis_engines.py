@@ -14,11 +14,15 @@ from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 import requests
 
+from addons.cache.policy import Entry
+from addons.cache.stores.redis import RedisCache
+from addons.shaping.fleet import FleetBlocks
 from addons.state.base import QuotaCheck
 from addons.state.redis import RedisStore
 from tests.conftest import wait_until
@@ -110,6 +114,46 @@ async def test_nonces_values_and_locks_on_a_cluster(clean_cluster: Cluster) -> N
     finally:
         await first.close()
         await second.close()
+
+
+async def test_the_cache_and_the_shaping_channel_share_a_cluster(clean_cluster: Cluster) -> None:
+    """The response cache and the provider-quota channel build their clients like the state store,
+    so on a cluster two instances share cached answers and learned provider blocks."""
+    first, second = RedisCache(clean_cluster.url), RedisCache(clean_cluster.url)
+    heard: list[tuple[str, float]] = []
+    publisher = FleetBlocks(clean_cluster.url, lambda s, u: None, lambda: ["wechat"])
+    listener = FleetBlocks(clean_cluster.url, lambda s, u: heard.append((s, u)), lambda: ["wechat"])
+    try:
+        now = time.time()
+        entries = [Entry(0, 200, ((b"Content-Type", b"application/json"),), f'{{"n":{i}}}'.encode(), -1, now,
+                         now + 60, now + 120) for i in range(6)]
+        await asyncio.gather(*(first.set(f"svc{i % 3}.m:{i}", e) for i, e in enumerate(entries)))
+        got = await asyncio.gather(*(second.get(f"svc{i % 3}.m:{i}") for i in range(6)))
+        assert [g.body if g else None for g in got] == [e.body for e in entries] and second.errors == 0
+        assert sum(1 for keys in clean_cluster.keys("gwc:*").values() if keys) >= 2  # spread over masters
+        assert (await second.status())["entries"] == 6
+        assert await second.purge("svc1") == 2 and await first.get("svc1.m:1") is None
+        listener.start()
+        await wait_for(lambda: listener.subscribed, 10, "the listener subscribed")
+        until = time.time() + 30
+        await publisher.publish("wechat", until, time.time())
+        await wait_for(lambda: heard == [("wechat", until)], 10, "the block heard by the other instance")
+        late = FleetBlocks(clean_cluster.url, lambda s, u: heard.append((s, u)), lambda: ["wechat"])
+        try:  # an instance starting later reads the block from its key
+            late.start()
+            await wait_for(lambda: len(heard) == 2, 10, "the block read by a late instance")
+        finally:
+            await late.close()
+    finally:
+        for closing in (first.close(), second.close(), publisher.close(), listener.close()):
+            await closing
+
+
+async def wait_for(condition: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.02)
 
 
 def test_two_gateways_on_a_cluster_admit_exactly_the_quotas(tmp_path: Path, confdir: Path, fake: FakeProvider,

@@ -114,8 +114,11 @@ class Shaping:
         if self.fleet is not None:
             self._spawn(self.fleet.close())
             self.fleet = None
-        if url.startswith(("redis://", "rediss://", "unix://")):
-            self.fleet = FleetBlocks(url, self._heard_block, self._service_names)
+        if url:
+            try:
+                self.fleet = FleetBlocks(url, self._heard_block, self._service_names)
+            except ValueError:
+                return  # a bad URL: the State addon refuses the option with a clear message
             self.running()
 
     def running(self) -> None:

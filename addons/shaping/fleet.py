@@ -14,8 +14,9 @@ import logging
 import math
 from collections.abc import Callable, Iterable
 
-import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
+
+from addons.state.clients import connect, subscriber
 
 log = logging.getLogger("gateway")
 
@@ -44,7 +45,12 @@ def parse_message(data: bytes | str) -> tuple[str, float] | None:
 class FleetBlocks:
     def __init__(self, url: str, on_block: Callable[[str, float], None], services: Callable[[], Iterable[str]],
                  prefix: str = "gw:") -> None:
-        self._client = aioredis.Redis.from_url(url, socket_connect_timeout=1.0, health_check_interval=30)
+        # Any engine (state/clients.py): a cluster takes the SET on the key's node and broadcasts the
+        # PUBLISH; the subscription is a plain connection (to any node of a cluster).
+        connected = connect(url, timeout=PUBLISH_TIMEOUT, connect_timeout=1.0, max_connections=4)
+        self._client = connected.client
+        self._cluster = connected.target.kind == "cluster"
+        self._subscriber = subscriber(url, connect_timeout=1.0)
         self._on_block = on_block
         self._services = services
         self._key = prefix + "pq:"
@@ -61,11 +67,15 @@ class FleetBlocks:
         ttl_ms = max(1, int((until - now) * 1000))
         try:
             async with asyncio.timeout(PUBLISH_TIMEOUT):
-                async with self._client.pipeline(transaction=False) as pipe:
-                    pipe.set(self._key + service, repr(until), px=ttl_ms)
-                    pipe.publish(self._channel, f"{service} {until!r}")
-                    await pipe.execute()
-        except (RedisError, OSError, TimeoutError) as exc:
+                if self._cluster:  # the key and the broadcast live on different nodes
+                    await self._client.set(self._key + service, repr(until), px=ttl_ms)
+                    await self._client.publish(self._channel, f"{service} {until!r}")
+                else:
+                    async with self._client.pipeline(transaction=False) as pipe:
+                        pipe.set(self._key + service, repr(until), px=ttl_ms)
+                        pipe.publish(self._channel, f"{service} {until!r}")
+                        await pipe.execute()
+        except (RedisError, RedisClusterException, OSError, TimeoutError) as exc:
             log.warning("gateway: could not share %s's provider quota with the fleet (%s)", service,
                         type(exc).__name__)
 
@@ -73,7 +83,9 @@ class FleetBlocks:
         services = sorted(self._services())
         if not services:
             return
-        values = await self._client.mget([self._key + s for s in services])
+        keys = [self._key + s for s in services]
+        # On a cluster the keys are in several slots: redis-py asks each node for its own.
+        values = await (self._client.mget_nonatomic(keys) if self._cluster else self._client.mget(keys))
         for service, value in zip(services, values, strict=True):
             if value is not None and (parsed := parse_message(f"{service} {value.decode(errors='replace')}")):
                 self._on_block(*parsed)
@@ -81,7 +93,7 @@ class FleetBlocks:
     async def _listen(self) -> None:
         delay = RECONNECT_MIN
         while True:
-            pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+            pubsub = self._subscriber.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(self._channel)
                 await self._read_keys()  # what was published while this instance was not listening
@@ -96,7 +108,7 @@ class FleetBlocks:
                         self._on_block(*parsed)
             except asyncio.CancelledError:
                 raise
-            except (RedisError, OSError, TimeoutError, ValueError) as exc:
+            except (RedisError, RedisClusterException, OSError, TimeoutError, ValueError) as exc:
                 if self.subscribed:
                     log.warning("gateway: fleet channel for provider quotas lost (%s); reconnecting",
                                 type(exc).__name__)
@@ -122,7 +134,8 @@ class FleetBlocks:
             except (asyncio.CancelledError, Exception):
                 pass
             self._task = None
-        try:
-            await self._client.aclose()
-        except (RedisError, OSError):
-            pass
+        for client in (self._client, self._subscriber):
+            try:
+                await client.aclose()
+            except (RedisError, OSError):
+                pass

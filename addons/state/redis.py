@@ -43,11 +43,6 @@ import ssl
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-import redis.asyncio as aioredis
-from redis.asyncio.cluster import ClusterNode, RedisCluster
-from redis.asyncio.retry import Retry
-from redis.asyncio.sentinel import Sentinel
-from redis.backoff import NoBackoff
 from redis.exceptions import (
     AuthenticationError,
     NoScriptError,
@@ -58,6 +53,7 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from addons.state.base import Admission, QuotaCheck, StateUnavailable
+from addons.state.clients import connect
 from addons.state.engines import RedisTarget, parse_redis_url, slot_tag
 
 # Check every counter first and refuse without counting if any is full; otherwise count them all.
@@ -201,39 +197,13 @@ class RedisStore:
         self._slots = asyncio.Semaphore(max_connections)
         self._discovery = asyncio.Lock()
         self._background: set[asyncio.Task[None]] = set()
-        common: dict[str, Any] = {
-            "socket_timeout": timeout,
-            "socket_connect_timeout": self.connect_timeout,
-            # No retries inside the client: the fallback decides what a failure means, and a retry
-            # with backoff would multiply the time an outage costs every call.
-            "retry": Retry(NoBackoff(), 0),
-            "health_check_interval": 0,
-        }
-        self._client: Any
-        self._pool: Any = None
-        if self.kind == "single":
-            self._pool = aioredis.BlockingConnectionPool.from_url(
-                url, max_connections=max_connections, timeout=timeout, **common)
-            self._client = aioredis.Redis.from_pool(self._pool)
-        elif self.kind == "cluster":
-            t = self.target
-            self._client = RedisCluster(
-                startup_nodes=[ClusterNode(host, port) for host, port in t.nodes],
-                username=t.username, password=t.password, max_connections=max_connections,
-                **common, **_tls(t),
-            )
-        else:
-            t = self.target
-            sentinel_kwargs = {"socket_timeout": timeout, "socket_connect_timeout": self.connect_timeout,
-                               "retry": Retry(NoBackoff(), 0), **_tls(t)}
-            if t.options.get("sentinel_password"):
-                sentinel_kwargs["password"] = t.options["sentinel_password"]
-            self._sentinel = Sentinel(list(t.nodes), sentinel_kwargs=sentinel_kwargs)
-            assert t.master is not None
-            self._client = self._sentinel.master_for(
-                t.master, username=t.username, password=t.password, db=t.db,
-                max_connections=max_connections, **common, **_tls(t))
-            self._pool = self._client.connection_pool
+        # No retries inside the client (state/clients.py): the fallback decides what a failure means.
+        connected = connect(url, timeout=timeout, connect_timeout=self.connect_timeout,
+                            max_connections=max_connections, blocking=True)
+        self._client: Any = connected.client
+        self._pool: Any = connected.pool
+        if connected.sentinel is not None:
+            self._sentinel = connected.sentinel
         self._admit_sha = self._sha(ADMIT_LUA)
         self._rollback_sha = self._sha(ROLLBACK_LUA)
         self._release_sha = self._sha(RELEASE_LUA)
@@ -447,19 +417,6 @@ class RedisStore:
 def sentinel_name(sentinel: Any) -> str:
     kwargs = getattr(sentinel.connection_pool, "connection_kwargs", {})
     return f"{kwargs.get('host', '?')}:{kwargs.get('port', '?')}"
-
-
-def _tls(target: RedisTarget) -> dict[str, Any]:
-    if not target.tls:
-        return {}
-    options: dict[str, Any] = {"ssl": True}
-    if target.options.get("ssl_ca_certs"):
-        options["ssl_ca_certs"] = target.options["ssl_ca_certs"]
-    if target.options.get("ssl_cert_reqs"):
-        options["ssl_cert_reqs"] = target.options["ssl_cert_reqs"]
-    if target.options.get("ssl_check_hostname"):
-        options["ssl_check_hostname"] = target.options["ssl_check_hostname"].lower() in ("1", "true", "yes")
-    return options
 
 
 def _redact_multi(url: str) -> str:

@@ -7,19 +7,19 @@ call goes to the provider) and is left alone for a second: the cache never fails
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 
-import redis.asyncio as aioredis
-from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
-from redis.retry import Retry
+from redis.exceptions import RedisClusterException, RedisError
 
 from addons.cache.policy import Entry
+from addons.state.clients import connect
 
 log = logging.getLogger("gateway")
 
 PREFIX = "gwc:"
+_FAILURES = (RedisError, RedisClusterException, OSError, TimeoutError)
 RETRY_AFTER = 1.0  # seconds a failed Redis is not asked again
 STATUS_SCAN_LIMIT = 10_000  # /status counts at most this many keys
 
@@ -33,14 +33,27 @@ class RedisCache:
     immediate = False
 
     def __init__(self, url: str, timeout: float = 2.0, connect_timeout: float = 1.0) -> None:
-        self.client = aioredis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=connect_timeout,
-                                              retry=Retry(NoBackoff(), 0), max_connections=8)
+        # Any engine (state/clients.py); on a cluster the `{service}` hash tag keeps a service's
+        # entries in one slot, so a purge's UNLINK of a batch touches one node.
+        connected = connect(url, timeout=timeout, connect_timeout=connect_timeout, max_connections=8)
+        self.client = connected.client
+        # A cluster client discovers the cluster on first use; concurrent discoveries from many
+        # calls at once break each other's connections, so one discovers and the others wait.
+        self._discovered = connected.target.kind != "cluster"
+        self._discovery = asyncio.Lock()
         self._down_until = 0.0
         self.errors = 0
         self.last_error: str | None = None
 
     def _usable(self) -> bool:
         return time.monotonic() >= self._down_until
+
+    async def _discover(self) -> None:
+        if not self._discovered:
+            async with self._discovery:
+                if not self._discovered:
+                    await self.client.initialize()
+                    self._discovered = True
 
     def _failed(self, exc: Exception) -> None:
         self.errors += 1
@@ -54,8 +67,9 @@ class RedisCache:
         if not self._usable():
             return None
         try:
+            await self._discover()
             blob = await self.client.get(redis_key(key))
-        except (RedisError, OSError, TimeoutError) as exc:
+        except _FAILURES as exc:
             self._failed(exc)
             return None
         if blob is None:
@@ -71,12 +85,14 @@ class RedisCache:
         if ttl_ms <= 0 or not self._usable():
             return
         try:
+            await self._discover()
             await self.client.set(redis_key(key), entry.to_bytes(), px=ttl_ms)
-        except (RedisError, OSError, TimeoutError) as exc:
+        except _FAILURES as exc:
             self._failed(exc)
 
     async def purge(self, service: str, method: str | None = None) -> int:
         pattern = f"{PREFIX}{{{service}}}.{method}:*" if method else f"{PREFIX}{{{service}}}.*"
+        await self._discover()
         purged = 0
         batch: list[bytes] = []
         async for name in self.client.scan_iter(match=pattern, count=500):
@@ -93,6 +109,7 @@ class RedisCache:
         size = 0
         truncated = False
         try:
+            await self._discover()
             async with self.client.pipeline(transaction=False) as pipe:
                 names = []
                 async for name in self.client.scan_iter(match=f"{PREFIX}*", count=1000):
@@ -104,7 +121,7 @@ class RedisCache:
                     pipe.strlen(name)
                 sizes = await pipe.execute() if names else []
             entries, size = len(names), sum(int(s) for s in sizes)
-        except (RedisError, OSError, TimeoutError) as exc:
+        except _FAILURES as exc:
             return {"backend": "redis", "available": False, "error": type(exc).__name__}
         return {"backend": "redis", "available": True, "entries": entries, "bytes": size,
                 "counted_up_to": STATUS_SCAN_LIMIT if truncated else None, "errors": self.errors}
