@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime
 
-from addons.quota import admission_headers, policy_name, quota_checks, ratelimit_headers
-from addons.rules.schema import AppQuotaSpec, QuotaSpec
+from addons.quota.policy import admission_headers, policy_name, quota_checks, ratelimit_headers
+from addons.quota.schema import AppQuotaSpec, QuotaSpec
 from addons.state.base import Admission, QuotaCheck
 
 NOW = datetime(2024, 5, 1, 12, 0, 30, tzinfo=UTC).timestamp()

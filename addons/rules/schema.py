@@ -1,5 +1,5 @@
 """The rule files (SPEC 3) as typed objects. Each capability keeps its own schema beside its code
-(credentials/schema.py, signing/schema.py); this module composes them into files."""
+(credentials/, signing/, cache/, quota/, identity/ schema.py); this module composes them into files."""
 
 from __future__ import annotations
 
@@ -13,7 +13,9 @@ from pydantic import AfterValidator, Field, field_validator, model_validator
 
 from addons.cache.schema import CacheSpec, GatewayCacheSpec
 from addons.credentials.schema import CredentialsSpec, NoCredentials
-from addons.rules.fields import Duration, FileText, Model, Name, RateField, Secret, TimeZone
+from addons.identity.schema import AppSpec
+from addons.quota.schema import QuotaSpec
+from addons.rules.fields import Duration, FileText, Model, Name
 from addons.signing.schema import SigningSpec
 
 HTTP_METHODS = {"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"}
@@ -43,12 +45,6 @@ def _upper_method(value: str) -> str:
 
 
 HttpMethod = Annotated[str, AfterValidator(_upper_method)]
-
-
-class QuotaSpec(Model):
-    limit: RateField
-    per: Literal["app", "service"] = "app"
-    tz: TimeZone = None
 
 
 def _check_ca(value: str | None) -> str | None:
@@ -176,48 +172,6 @@ class ServiceSpec(Model):
     def _default_hosts(self) -> ServiceSpec:
         if not self.hosts:
             object.__setattr__(self, "hosts", [urlsplit(self.upstream.url).hostname or ""])
-        return self
-
-
-def _check_pattern(value: str) -> str:
-    if value != "*" and not re.match(r"^[A-Za-z0-9_*-]+(\.[A-Za-z0-9_*-]+)?$", value):
-        raise ValueError(f"allow pattern {value!r} must look like 'service.method', 'service.*' or '*'")
-    return value
-
-
-def _check_host_pattern(value: str) -> str:
-    if not re.match(r"^(\*\.)?[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*\.?$", value.strip()):
-        raise ValueError(f"passthrough pattern {value!r} must be a host name or '*.domain'")
-    return value.strip().lower().rstrip(".")
-
-
-class AppQuotaSpec(Model):
-    limit: RateField
-    per: Literal["app"] = "app"
-    tz: TimeZone = None
-
-
-class AppSpec(Model):
-    secret: Secret | None = None
-    sources: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
-    allow: list[Annotated[str, AfterValidator(_check_pattern)]] = ["*"]
-    quota: list[AppQuotaSpec] = []
-    envelope: Literal["raw", "unified"] | None = None
-    # Hosts no service owns that this app may reach (SPEC 12); None: whatever unknown_hosts allows.
-    passthrough: list[Annotated[str, AfterValidator(_check_host_pattern)]] | None = None
-
-    @field_validator("sources", mode="before")
-    @classmethod
-    def _strict_false(cls, value: Any) -> Any:
-        # "10.1.0.1/16" has host bits set; accept it as the network an operator meant.
-        if isinstance(value, list):
-            return [ipaddress.ip_network(v, strict=False) if isinstance(v, str) else v for v in value]
-        return value
-
-    @model_validator(mode="after")
-    def _identifiable(self) -> AppSpec:
-        if self.secret is None and not self.sources:
-            raise ValueError("an app needs a 'secret' or 'sources' to be identified by")
         return self
 
 
