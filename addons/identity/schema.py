@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import ipaddress
 import re
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
-from pydantic import AfterValidator, field_validator, model_validator
+from pydantic import AfterValidator, model_validator
 
 from addons.quota.schema import AppQuotaSpec
-from addons.rules.fields import Model, Secret
+from addons.rules.fields import Model, Networks, Secret
 
 
 def _check_pattern(value: str) -> str:
@@ -26,20 +25,12 @@ def _check_host_pattern(value: str) -> str:
 
 class AppSpec(Model):
     secret: Secret | None = None
-    sources: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+    sources: Networks = []
     allow: list[Annotated[str, AfterValidator(_check_pattern)]] = ["*"]
     quota: list[AppQuotaSpec] = []
     envelope: Literal["raw", "unified"] | None = None
     # Hosts no service owns that this app may reach (SPEC 12); None: whatever unknown_hosts allows.
     passthrough: list[Annotated[str, AfterValidator(_check_host_pattern)]] | None = None
-
-    @field_validator("sources", mode="before")
-    @classmethod
-    def _strict_false(cls, value: Any) -> Any:
-        # "10.1.0.1/16" has host bits set; accept it as the network an operator meant.
-        if isinstance(value, list):
-            return [ipaddress.ip_network(v, strict=False) if isinstance(v, str) else v for v in value]
-        return value
 
     @model_validator(mode="after")
     def _identifiable(self) -> AppSpec:

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import re
 import ssl
 from typing import Annotated, Any, Literal
@@ -15,7 +14,7 @@ from addons.cache.schema import CacheSpec, GatewayCacheSpec
 from addons.credentials.schema import CredentialsSpec, NoCredentials
 from addons.identity.schema import AppSpec
 from addons.quota.schema import QuotaSpec
-from addons.rules.fields import Duration, FileText, Model, Name
+from addons.rules.fields import Duration, FileText, Model, Name, Networks
 from addons.signing.schema import SigningSpec
 
 HTTP_METHODS = {"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"}
@@ -193,14 +192,7 @@ class EgressSpec(Model):
     """Where pass-through traffic may connect (SPEC 12)."""
 
     deny_private: bool = True
-    allow_cidrs: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
-
-    @field_validator("allow_cidrs", mode="before")
-    @classmethod
-    def _networks(cls, value: Any) -> Any:
-        if isinstance(value, list):
-            return [ipaddress.ip_network(v, strict=False) if isinstance(v, str) else v for v in value]
-        return value
+    allow_cidrs: Networks = []
 
 
 class GatewaySpec(Model):
