@@ -18,8 +18,8 @@ from pydantic import SecretStr
 
 from addons.credentials import Credential, make_credential
 from addons.envelope import Adapter, make_adapter
-from addons.identity import AppDirectory
-from addons.quota import quota_checks
+from addons.identity.directory import AppDirectory
+from addons.quota.table import QuotaTable
 from addons.redact import Redactor
 from addons.rules.loader import RuleSet
 from addons.rules.router import Route, Router
@@ -128,29 +128,18 @@ class Compiled:
     apps: AppDirectory
     services: dict[str, ServiceRuntime]
     redactor: Redactor
-    _quota_cache: dict[tuple[str | None, str], tuple[list[QuotaCheck], float]] = field(default_factory=dict)
+    quota_table: QuotaTable = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.quota_table = QuotaTable(self.rules.apps)
 
     @property
     def gateway(self) -> Any:
         return self.rules.gateway
 
     def quotas(self, app: str | None, route: Route, now: float) -> list[QuotaCheck]:
-        """The quotas of one (app, rule) pair, cached: names are configured, so the cache is bounded.
-        An entry is rebuilt each hour, so a `tz` day edge follows a daylight-saving change."""
-        key = (app, route.name)
-        cached = self._quota_cache.get(key)
-        if cached is None or now >= cached[1]:
-            app_spec = self.rules.apps.get(app) if app else None
-            spec = route.spec
-            checks = quota_checks(
-                app, app_spec.quota if app_spec else [],
-                route.service, spec.quota if spec else [],
-                route.method, route.method_spec.quota if route.method_spec else [],
-                now,
-            )
-            cached = (checks, (now // 3600 + 1) * 3600)
-            self._quota_cache[key] = cached
-        return cached[0]
+        """The quotas of one (app, rule) pair (see QuotaTable)."""
+        return self.quota_table.checks(app, route, now)
 
 
 def compile_rules(rules: RuleSet, previous: Compiled | None, credential_context: Any,

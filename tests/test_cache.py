@@ -15,9 +15,9 @@ from addons.cache.policy import Entry, build_key, caller_directive, capture, ser
 from addons.cache.schema import CacheSpec, GatewayCacheSpec, parse_size
 from addons.cache.stores.memory import MemoryCache
 from addons.cache.stores.redis import RedisCache
-from addons.quota import per_app_only, quota_checks
+from addons.quota.policy import per_app_only, quota_checks
+from addons.quota.schema import QuotaSpec
 from addons.rules.loader import load_sources
-from addons.rules.schema import QuotaSpec
 from tests.fakes import refused_url
 
 SPEC = CacheSpec(ttl="5m")

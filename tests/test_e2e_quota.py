@@ -17,7 +17,7 @@ import httpx
 import pytest
 import requests
 
-from addons.identity import sign
+from addons.identity.signed import sign
 from tests.conftest import RedisServer, wait_until
 from tests.fakes import FakeProvider, Reply
 from tests.harness import Gateway, write_rules

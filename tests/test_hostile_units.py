@@ -16,10 +16,11 @@ import pytest
 from addons.conntrack import ConnectionTracker
 from addons.envelope import ProviderAnswer, make_adapter, render
 from addons.errors import GatewayError
-from addons.identity import AppDirectory, SignedRequest
+from addons.identity.directory import AppDirectory
+from addons.identity.schema import AppSpec
+from addons.identity.signed import SignedRequest
 from addons.rules.filerefs import MAX_FILE_REF_BYTES, read_file_ref
 from addons.rules.loader import load_sources
-from addons.rules.schema import AppSpec
 from addons.units import parse_duration
 from addons.upstream import decompress
 

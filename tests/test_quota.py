@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime
+from pathlib import Path
 
-from addons.quota import admission_headers, policy_name, quota_checks, ratelimit_headers
-from addons.rules.schema import AppQuotaSpec, QuotaSpec
+from addons.quota.policy import admission_headers, policy_name, quota_checks, ratelimit_headers
+from addons.quota.schema import AppQuotaSpec, QuotaSpec
+from addons.rules.loader import load_sources
 from addons.state.base import Admission, QuotaCheck
 
 NOW = datetime(2024, 5, 1, 12, 0, 30, tzinfo=UTC).timestamp()
@@ -127,3 +129,15 @@ def test_admission_headers() -> None:
     admitted = admission_headers(Admission(True, None, (500, 3)), [a, b], NOW)
     assert admitted == {"RateLimit-Policy": '"s/minute";q=10;w=60', "RateLimit": '"s/minute";r=3;t=30'}
     assert admission_headers(Admission(True), [], NOW) == {}
+
+
+def test_an_app_quota_is_the_same_spec_but_refuses_per_service_where_it_is_written(tmp_path: Path) -> None:
+    rules, problems = load_sources([(
+        "apps.yaml",
+        "apps:\n  a:\n    secret: s\n    quota:\n      - limit: 10/min\n        per: service\n"
+        "  b:\n    secret: t\n    quota: [{limit: 5/s, tz: Asia/Shanghai}]\n",
+    )], tmp_path, env={})
+    assert [str(p) for p in problems] == ["apps.yaml:6: apps.a.quota.0.per: Input should be 'app'"]
+    assert "a" not in rules.apps
+    (quota,) = rules.apps["b"].quota
+    assert isinstance(quota, QuotaSpec) and (quota.per, quota.tz, quota.limit.limit) == ("app", "Asia/Shanghai", 5)

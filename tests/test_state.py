@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from addons.quota import quota_checks
-from addons.rules.schema import QuotaSpec
+from addons.quota.policy import quota_checks
+from addons.quota.schema import QuotaSpec
 from addons.state.base import Admission, QuotaCheck, StateUnavailable
 from addons.state.fallback import FallbackStore
 from addons.state.memory import MemoryStore

@@ -10,7 +10,8 @@ from mitmproxy import http
 
 from addons.chain.context import GatewayContext, answer, fail, fail_closed
 from addons.errors import Code, GatewayError
-from addons.identity import GATEWAY_HEADERS, SignedRequest, parse_basic
+from addons.identity.directory import parse_basic
+from addons.identity.signed import GATEWAY_HEADERS, SignedRequest
 from addons.state.base import StateUnavailable
 
 NONCE_TTL = 600.0  # twice the signature window: a replay inside the window is always remembered

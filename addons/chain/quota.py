@@ -9,9 +9,8 @@ from mitmproxy import http
 
 from addons.chain.context import GatewayContext, fail
 from addons.errors import Code, GatewayError
-from addons.quota import admission_headers, per_app_only
+from addons.quota.policy import admission_headers, per_app_only
 from addons.state.base import Admission, QuotaCheck, StateUnavailable
-from addons.state.memory import MemoryStore
 
 
 class Quota:
@@ -36,9 +35,11 @@ class Quota:
             return shaped
         if not checks:
             return None
-        if isinstance(store, MemoryStore):
-            # In-process counting needs no waiting: decide now, without a task switch.
-            self._decide(flow, checks, store.admit_now(checks, now), now)
+        # A store that can decide without waiting (in-process counting) does so here, without a
+        # task switch; the others are awaited.
+        admission = store.admit_now(checks, now)
+        if admission is not None:
+            self._decide(flow, checks, admission, now)
             return None
         return self._admit_shared(flow, checks, now)
 

@@ -16,7 +16,7 @@ from addons.chain.webview import proxy_authorization
 from addons.envelope import render
 from addons.errors import Code, GatewayError
 from addons.explicit import json_object, template_params
-from addons.identity import parse_basic
+from addons.identity.directory import parse_basic
 from addons.rules.router import UNMATCHED
 
 log = logging.getLogger("gateway")

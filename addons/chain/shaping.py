@@ -29,7 +29,7 @@ from prometheus_client import Gauge, Histogram
 
 from addons.chain.context import GatewayContext, fail
 from addons.errors import Code, GatewayError
-from addons.quota import quota_checks
+from addons.quota.policy import quota_checks
 from addons.shaping.fair import FairQueue
 from addons.shaping.fleet import FleetBlocks
 from addons.shaping.provider import MAX_BLOCK, ProviderQuotas, observe

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from typing import Annotated, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -59,3 +60,14 @@ def _check_name(value: str) -> str:
 
 
 Name = Annotated[str, AfterValidator(_check_name)]
+
+
+def _strict_false(value: Any) -> Any:
+    # "10.1.0.1/16" has host bits set; accept it as the network an operator meant.
+    if isinstance(value, list):
+        return [ipaddress.ip_network(v, strict=False) if isinstance(v, str) else v for v in value]
+    return value
+
+
+# A list of networks (an app's `sources`, egress `allow_cidrs`), written as CIDRs or addresses.
+Networks = Annotated[list[ipaddress.IPv4Network | ipaddress.IPv6Network], BeforeValidator(_strict_false)]

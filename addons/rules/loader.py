@@ -17,7 +17,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from addons.rules.schema import AppsFile, AppSpec, GatewaySpec, ServiceSpec
+from addons.identity.schema import AppSpec
+from addons.rules.schema import AppsFile, GatewaySpec, ServiceSpec
 
 # ${NAME} or ${NAME:-default}: the default lets a shipped rule point at a local fake in a demo.
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")

@@ -1,9 +1,8 @@
 """The rule files (SPEC 3) as typed objects. Each capability keeps its own schema beside its code
-(credentials/schema.py, signing/schema.py); this module composes them into files."""
+(credentials/, signing/, cache/, quota/, identity/ schema.py); this module composes them into files."""
 
 from __future__ import annotations
 
-import ipaddress
 import re
 import ssl
 from typing import Annotated, Any, Literal
@@ -13,8 +12,10 @@ from pydantic import AfterValidator, Field, field_validator, model_validator
 
 from addons.cache.schema import CacheSpec, GatewayCacheSpec
 from addons.credentials.schema import CredentialsSpec, NoCredentials
-from addons.rules.fields import Duration, FileText, Model, Name, RateField, Secret, TimeZone
-from addons.shaping.schema import DEFAULT_QUEUE_MAX, ProviderQuotaSpec, QueueMax, QueueWait
+from addons.identity.schema import AppSpec
+from addons.quota.schema import QuotaSpec
+from addons.rules.fields import Duration, FileText, Model, Name, Networks
+from addons.shaping.schema import DEFAULT_QUEUE_MAX, ProviderQuotaSpec, QueueMax
 from addons.signing.schema import SigningSpec
 
 HTTP_METHODS = {"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"}
@@ -44,13 +45,6 @@ def _upper_method(value: str) -> str:
 
 
 HttpMethod = Annotated[str, AfterValidator(_upper_method)]
-
-
-class QuotaSpec(Model):
-    limit: RateField
-    per: Literal["app", "service"] = "app"
-    tz: TimeZone = None
-    queue: QueueWait = None  # shaping (SPEC 14): over the limit, wait up to this long for room
 
 
 def _check_ca(value: str | None) -> str | None:
@@ -182,49 +176,6 @@ class ServiceSpec(Model):
         return self
 
 
-def _check_pattern(value: str) -> str:
-    if value != "*" and not re.match(r"^[A-Za-z0-9_*-]+(\.[A-Za-z0-9_*-]+)?$", value):
-        raise ValueError(f"allow pattern {value!r} must look like 'service.method', 'service.*' or '*'")
-    return value
-
-
-def _check_host_pattern(value: str) -> str:
-    if not re.match(r"^(\*\.)?[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*\.?$", value.strip()):
-        raise ValueError(f"passthrough pattern {value!r} must be a host name or '*.domain'")
-    return value.strip().lower().rstrip(".")
-
-
-class AppQuotaSpec(Model):
-    limit: RateField
-    per: Literal["app"] = "app"
-    tz: TimeZone = None
-    queue: QueueWait = None  # shaping (SPEC 14)
-
-
-class AppSpec(Model):
-    secret: Secret | None = None
-    sources: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
-    allow: list[Annotated[str, AfterValidator(_check_pattern)]] = ["*"]
-    quota: list[AppQuotaSpec] = []
-    envelope: Literal["raw", "unified"] | None = None
-    # Hosts no service owns that this app may reach (SPEC 12); None: whatever unknown_hosts allows.
-    passthrough: list[Annotated[str, AfterValidator(_check_host_pattern)]] | None = None
-
-    @field_validator("sources", mode="before")
-    @classmethod
-    def _strict_false(cls, value: Any) -> Any:
-        # "10.1.0.1/16" has host bits set; accept it as the network an operator meant.
-        if isinstance(value, list):
-            return [ipaddress.ip_network(v, strict=False) if isinstance(v, str) else v for v in value]
-        return value
-
-    @model_validator(mode="after")
-    def _identifiable(self) -> AppSpec:
-        if self.secret is None and not self.sources:
-            raise ValueError("an app needs a 'secret' or 'sources' to be identified by")
-        return self
-
-
 class RedactRule(Model):
     pattern: str
     replace: str = "***"
@@ -243,14 +194,7 @@ class EgressSpec(Model):
     """Where pass-through traffic may connect (SPEC 12)."""
 
     deny_private: bool = True
-    allow_cidrs: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
-
-    @field_validator("allow_cidrs", mode="before")
-    @classmethod
-    def _networks(cls, value: Any) -> Any:
-        if isinstance(value, list):
-            return [ipaddress.ip_network(v, strict=False) if isinstance(v, str) else v for v in value]
-        return value
+    allow_cidrs: Networks = []
 
 
 class GatewaySpec(Model):

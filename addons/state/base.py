@@ -50,6 +50,10 @@ class StateStore(Protocol):
     async def admit(self, checks: list[QuotaCheck], now: float) -> Admission:
         """All-or-nothing: admit and count against every check, or count nothing."""
 
+    def admit_now(self, checks: list[QuotaCheck], now: float) -> Admission | None:
+        """admit() decided at once, without waiting, by a store that can (in-process counting);
+        None from a store that must wait for an answer (then the caller awaits admit())."""
+
     async def first_use(self, key: str, ttl: float) -> bool:
         """True the first time `key` is seen within `ttl` seconds (nonces)."""
 

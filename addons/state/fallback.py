@@ -24,11 +24,12 @@ has told usable, misconfigured or unreachable apart (the instance is not ready b
 
 from __future__ import annotations
 
+import enum
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Literal, ParamSpec, TypeVar
 
 from addons.state.base import Admission, QuotaCheck, StateUnavailable
 from addons.state.memory import MemoryStore
@@ -41,6 +42,18 @@ Policy = Literal["open", "closed"]
 # Lock tokens handed out by the local store carry this mark, so release() goes back to the store
 # that granted the lock even if Redis has come back (or gone away) in between.
 LOCAL_TOKEN = "local:"
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+class _Missed(enum.Enum):
+    """What _shared() returns when Redis did not serve a call (None is a value Redis can give)."""
+
+    MISSED = enum.auto()
+
+
+MISSED = _Missed.MISSED
 
 
 def _rfc3339(ts: float) -> str:
@@ -187,6 +200,20 @@ class FallbackStore:
             except Exception:
                 log.exception("state store: on_state_change hook failed")
 
+    async def _shared(self, operation: Callable[P, Awaitable[T]], *args: P.args,
+                      **kwargs: P.kwargs) -> T | _Missed:
+        """`operation` on Redis, if the circuit lets this call through; MISSED when it did not, or
+        when Redis failed (the failure is recorded), so the caller serves the call locally."""
+        if not self._try_shared():
+            return MISSED
+        try:
+            result = await operation(*args, **kwargs)
+        except StateUnavailable as exc:
+            self._failed(exc)
+            return MISSED
+        self._succeeded()
+        return result
+
     def _unavailable(self) -> StateUnavailable:
         if self.misconfigured is not None:
             return StateMisconfigured(self.misconfigured)
@@ -195,17 +222,16 @@ class FallbackStore:
     # -- quotas --------------------------------------------------------------------------------
 
     async def admit(self, checks: list[QuotaCheck], now: float) -> Admission:
-        if self._try_shared():
-            try:
-                admission = await self.shared.admit(checks, now)
-            except StateUnavailable as exc:
-                self._failed(exc)
-            else:
-                self._succeeded()
-                return admission
+        admission = await self._shared(self.shared.admit, checks, now)
+        if admission is not MISSED:
+            return admission
         if self._policy == "closed" or self.misconfigured is not None:
             raise self._unavailable()
         return self._admit_locally(checks, now)
+
+    def admit_now(self, checks: list[QuotaCheck], now: float) -> None:
+        """Never decided at once: Redis decides (or, failing that, the policy): await admit()."""
+        return None
 
     def _admit_locally(self, checks: list[QuotaCheck], now: float) -> Admission:
         n = self._instances
@@ -224,14 +250,9 @@ class FallbackStore:
     # -- nonces --------------------------------------------------------------------------------
 
     async def first_use(self, key: str, ttl: float) -> bool:
-        if self._try_shared():
-            try:
-                first = await self.shared.first_use(key, ttl)
-            except StateUnavailable as exc:
-                self._failed(exc)
-            else:
-                self._succeeded()
-                return first
+        first = await self._shared(self.shared.first_use, key, ttl)
+        if first is not MISSED:
+            return first
         if self._policy == "closed" or self.misconfigured is not None:
             raise self._unavailable()
         # Local only: a nonce replayed to another instance during the outage is not caught.
@@ -240,51 +261,29 @@ class FallbackStore:
     # -- cached values and locks: always served locally when Redis is away -----------------------
 
     async def get(self, key: str) -> bytes | None:
-        if self._try_shared():
-            try:
-                value = await self.shared.get(key)
-            except StateUnavailable as exc:
-                self._failed(exc)
-            else:
-                self._succeeded()
-                return value
+        value = await self._shared(self.shared.get, key)
+        if value is not MISSED:
+            return value
         return await self.local.get(key)
 
     async def set(self, key: str, value: bytes, ttl: float) -> None:
-        if self._try_shared():
-            try:
-                await self.shared.set(key, value, ttl)
-            except StateUnavailable as exc:
-                self._failed(exc)
-            else:
-                self._succeeded()
-                return
+        if await self._shared(self.shared.set, key, value, ttl) is not MISSED:
+            return
         await self.local.set(key, value, ttl)
 
     async def acquire(self, key: str, ttl: float) -> str | None:
-        if self._try_shared():
-            try:
-                token = await self.shared.acquire(key, ttl)
-            except StateUnavailable as exc:
-                self._failed(exc)
-            else:
-                self._succeeded()
-                return token
-        token = await self.local.acquire(key, ttl)
-        return None if token is None else LOCAL_TOKEN + token
+        token = await self._shared(self.shared.acquire, key, ttl)
+        if token is not MISSED:
+            return token
+        local = await self.local.acquire(key, ttl)
+        return None if local is None else LOCAL_TOKEN + local
 
     async def release(self, key: str, token: str) -> None:
         """Best effort: a lock that cannot be released in Redis runs out at its TTL."""
         if token.startswith(LOCAL_TOKEN):
             await self.local.release(key, token[len(LOCAL_TOKEN):])
             return
-        if self._try_shared():
-            try:
-                await self.shared.release(key, token)
-            except StateUnavailable as exc:
-                self._failed(exc)
-            else:
-                self._succeeded()
+        await self._shared(self.shared.release, key, token)
 
     async def close(self) -> None:
         await self.shared.close()

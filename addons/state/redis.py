@@ -288,6 +288,10 @@ class RedisStore:
             return self._admission(checks, reply)
         return await self._run(lambda: self._admit_in_slots(checks, keys, args, groups))
 
+    def admit_now(self, checks: list[QuotaCheck], now: float) -> None:
+        """Never decided without a round trip to Redis: the caller awaits admit()."""
+        return None
+
     async def _admit_in_slots(self, checks: list[QuotaCheck], keys: list[str], args: list[str | int],
                               groups: dict[str, list[int]]) -> Admission:
         """Slot by slot (sorted, so every instance visits them in one order); give back on refusal."""

@@ -1,5 +1,6 @@
-"""Who is calling (SPEC 7): Basic proxy credentials, signed requests, client addresses; and what
-each app may call. Compiled once per rule set; lookups are dict and constant-time comparisons."""
+"""Who is calling (SPEC 7): Basic proxy credentials, signed requests (signed.py), client addresses;
+and what each app may call. Compiled once per rule set; lookups are dict and constant-time
+comparisons."""
 
 from __future__ import annotations
 
@@ -9,15 +10,11 @@ import hashlib
 import hmac
 import ipaddress
 import re
-from dataclasses import dataclass
 from fnmatch import translate
 
 from addons.errors import Code, GatewayError
-from addons.rules.schema import AppSpec
-
-SIGNATURE_WINDOW = 300.0  # seconds either side of the gateway's clock
-NONCE_RE = re.compile(r"^[A-Za-z0-9._~+/=-]{8,64}$")
-GATEWAY_HEADERS = ("x-gateway-app", "x-gateway-timestamp", "x-gateway-nonce", "x-gateway-signature")
+from addons.identity.schema import AppSpec
+from addons.identity.signed import NONCE_RE, SIGNATURE_WINDOW, SignedRequest, string_to_sign
 
 
 def parse_basic(value: str) -> tuple[str, str] | None:
@@ -31,24 +28,6 @@ def parse_basic(value: str) -> tuple[str, str] | None:
         return None
     user, sep, password = decoded.partition(":")
     return (user, password) if sep else None
-
-
-@dataclass(frozen=True)
-class SignedRequest:
-    app: str
-    timestamp: str
-    nonce: str
-    signature: str
-
-
-def string_to_sign(method: str, path_and_query: str, timestamp: str, nonce: str, body: bytes) -> bytes:
-    return "\n".join((method.upper(), path_and_query, timestamp, nonce, hashlib.sha256(body).hexdigest())).encode()
-
-
-def sign(secret: str, method: str, path_and_query: str, timestamp: str, nonce: str, body: bytes) -> str:
-    """What a caller computes for `X-Gateway-Signature` (exported for client libraries and tests)."""
-    return hmac.new(secret.encode(), string_to_sign(method, path_and_query, timestamp, nonce, body),
-                    hashlib.sha256).hexdigest()
 
 
 class AppDirectory:

@@ -20,7 +20,7 @@ from addons.state.base import Admission, QuotaCheck
 from addons.units import WINDOW_NAMES
 
 if TYPE_CHECKING:
-    from addons.rules.schema import AppQuotaSpec, QuotaSpec
+    from addons.quota.schema import AppQuotaSpec, QuotaSpec
 
 UNKNOWN_APP = "_"  # per-app quotas of an unidentified caller all count under this name
 
@@ -88,7 +88,7 @@ def _build(
     merged: dict[tuple[str, int, int], QuotaCheck] = {}
     zoned = False
 
-    def add(key: str, scope: str, spec: AppQuotaSpec | QuotaSpec) -> None:
+    def add(key: str, scope: str, spec: QuotaSpec) -> None:
         nonlocal zoned
         offset = 0
         if spec.tz:
@@ -100,6 +100,7 @@ def _build(
         if previous is None or rate.limit < previous.limit:
             merged[ident] = QuotaCheck(key, rate.limit, rate.window, offset, scope)
 
+    spec: QuotaSpec  # an app's quota is one too (AppQuotaSpec only narrows `per`)
     for spec in aq:
         add(f"app:{who}", "app", spec)
     for spec in sq:
