@@ -29,8 +29,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from addons.chain.admin import clean, is_loopback, parse_address
 from addons.chain.context import GatewayContext
-from addons.chain.watch import Watch, split_documents
+from addons.chain.watch import Watch
 from addons.redact import Redactor
+from addons.rules.remote import split_documents
 from tests.conftest import free_port, wait_until
 from tests.fakes import FakeProvider, Reply
 from tests.harness import Gateway, write_rules

@@ -19,8 +19,10 @@ from aiohttp import web
 from addons.chain.context import GatewayContext
 from addons.chain.rules import CredentialContext
 from addons.credentials import make_credential
+from addons.credentials.oauth2_token import OAuth2Token
 from addons.credentials.schema import OAuth2ClientCredentials, WechatTokenCredentials
-from addons.credentials.tokens import PLACEHOLDER_TOKEN, OAuth2Token, Token, TokenCredential, WechatToken
+from addons.credentials.tokens import Token, TokenCredential
+from addons.credentials.wechat_token import PLACEHOLDER_TOKEN, WechatToken
 from addons.errors import GatewayError
 from addons.outbound import OutboundRequest
 from addons.redact import Redactor
@@ -240,7 +242,7 @@ async def token_of(credential: TokenCredential) -> str:
 
 
 def refreshes(credential: TokenCredential, result: str) -> float:
-    gw = credential._gw  # the test's own GatewayContext
+    gw = credential.services.gw  # type: ignore[attr-defined]  # the test's own GatewayContext
     value = gw.metrics.registry.get_sample_value(
         "gateway_token_refreshes_total", {"service": credential.service, "result": result})
     return value or 0.0
@@ -491,7 +493,7 @@ async def test_tokens_are_registered_for_redaction_and_never_in_repr(server: Tok
     class Compiled:
         redactor = Redactor()
 
-    gw = credential._gw
+    gw = credential.services.gw  # type: ignore[attr-defined]
     gw.compiled = Compiled()  # type: ignore[assignment]
     token = await token_of(credential)
     assert Compiled.redactor.text(f"provider said {token} is bad") == "provider said *** is bad"

@@ -21,12 +21,12 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Literal
 
 from addons.state.base import Admission, QuotaCheck, StateUnavailable
 from addons.state.memory import MemoryStore
 from addons.state.redis import RedisStore
+from addons.timestamps import rfc3339
 
 log = logging.getLogger("gateway.state")
 
@@ -35,10 +35,6 @@ Policy = Literal["open", "closed"]
 # Lock tokens handed out by the local store carry this mark, so release() goes back to the store
 # that granted the lock even if Redis has come back (or gone away) in between.
 LOCAL_TOKEN = "local:"
-
-
-def _rfc3339(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 class FallbackStore:
@@ -267,7 +263,7 @@ class FallbackStore:
             "available": self.available,
             "degraded": not self.available and self._policy == "open",
             "last_error": self.last_error,
-            "since": _rfc3339(self.since),
+            "since": rfc3339(self.since, "seconds"),
             "policy": self._policy,
             "instances": self._instances,
             "errors": self.errors,
