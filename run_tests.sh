@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # From a fresh clone to a green test run: Python >= 3.12 venv, the project with its test extras,
-# redis-server for the quota tests, then ruff and pytest. Arguments go to pytest.
+# redis-server for the quota tests, then ruff, mypy and pytest. Arguments go to pytest.
 set -euo pipefail
 source "$(dirname "$0")/scripts/env.sh"
 cd "$GW_ROOT"
@@ -9,4 +9,5 @@ gw_apt_ensure redis-server redis-server || gw_log "gateway: redis-server unavail
 gw_apt_ensure haproxy haproxy || gw_log "gateway: haproxy unavailable; GATEWAY_WORKERS tests will be skipped"
 gw_apt_ensure curl curl || true
 "$GW_PY" -m ruff check addons gateway_client tests bench
+"$GW_PY" -m mypy  # files and per-module strictness: [tool.mypy] in pyproject.toml
 exec "$GW_PY" -m pytest -p no:cacheprovider "$@"

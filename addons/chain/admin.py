@@ -179,8 +179,10 @@ class Admin:
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
         self._runner = runner
+        server = runner.server
+        assert server is not None  # set by setup()
         try:
-            self._server = await asyncio.get_running_loop().create_server(runner.server, sock=sock)
+            self._server = await asyncio.get_running_loop().create_server(server, sock=sock)
         except Exception as exc:
             log.error("gateway: admin listener on %s did not start: %s", self.address, exc)
             await runner.cleanup()
@@ -318,7 +320,8 @@ class Admin:
                 "dropped": access_log.dropped if access_log is not None else 0,
             },
         }
-        return clean(document, redactor)
+        cleaned: dict[str, Any] = clean(document, redactor)
+        return cleaned
 
 
 def _store_status(store: object) -> dict[str, Any] | None:

@@ -114,7 +114,7 @@ class Backoff:
     def failed(self, now: float, detail: str) -> float:
         """Record a failure; the window it opens, in seconds."""
         self.failures += 1
-        window = min(self.limit, self.start * 2 ** (self.failures - 1))
+        window = min(self.limit, self.start * 2.0 ** (self.failures - 1))
         self.retry_at = now + window
         self.detail = detail
         return window
