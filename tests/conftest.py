@@ -139,7 +139,7 @@ def gateways() -> Iterator[list[object]]:
 UNIT_MODULES = frozenset({
     "test_envelope.py", "test_explicit.py", "test_fail_closed.py", "test_health.py", "test_hostile_units.py",
     "test_quota.py", "test_redact.py", "test_retry.py", "test_signing.py", "test_wechatpay_v3.py",
-    "test_tokens.py", "test_state.py",
+    "test_tokens.py", "test_state.py", "test_remote_feed.py",
 })
 SUBPROCESS_FIXTURES = frozenset({"redis_server", "redis_url", "restart_redis", "gateways", "confdir"})
 
