@@ -13,18 +13,9 @@ from urllib.parse import quote_plus
 
 import aiohttp
 
+from addons.credentials import token_fetch
 from addons.credentials.schema import OAuth2ClientCredentials
 from addons.credentials.services import TokenServices
-from addons.credentials.token_fetch import (
-    Fetched,
-    FetchFailed,
-    access_token,
-    clip,
-    json_object,
-    lifetime,
-    quoted,
-    read_answer,
-)
 from addons.credentials.tokens import TokenCredential
 from addons.outbound import OutboundRequest
 
@@ -63,22 +54,22 @@ class OAuth2Token(TokenCredential):
             form["client_secret"] = secret
         return form, headers
 
-    async def _fetch(self, session: aiohttp.ClientSession) -> Fetched:
+    async def _fetch(self, session: aiohttp.ClientSession) -> token_fetch.Fetched:
         form, headers = self.request_parts()
         async with session.post(self.oauth.token_url, data=form, headers=headers,
                                 timeout=aiohttp.ClientTimeout(total=self._timeout), allow_redirects=False) as resp:
-            body = await read_answer(resp)
+            body = await token_fetch.read_answer(resp)
             status = resp.status
         if not 200 <= status < 300:
-            raise FetchFailed(_refusal(status, body))
-        data = json_object(body)
-        value = access_token(data)
+            raise token_fetch.FetchFailed(_refusal(status, body))
+        data = token_fetch.json_object(body)
+        value = token_fetch.access_token(data)
         token_type = data.get("token_type")
         if isinstance(token_type, str) and token_type.lower() != "bearer" and not self._warned_type:
             self._warned_type = True
             log.warning("gateway: %s: token endpoint issued token_type %r; sending it as a Bearer token",
-                        self.service, clip(token_type, 40))
-        return Fetched(value, lifetime(data.get("expires_in"), self.default_lifetime),
+                        self.service, token_fetch.clip(token_type, 40))
+        return token_fetch.Fetched(value, token_fetch.lifetime(data.get("expires_in"), self.default_lifetime),
                        token_type if isinstance(token_type, str) else None)
 
     def _inject(self, req: OutboundRequest, value: str) -> None:
@@ -94,13 +85,13 @@ def _refusal(status: int, body: bytes) -> str:
     """The log detail of a non-2xx token answer, with the RFC 6749 5.2 error when there is one."""
     detail = f"token endpoint answered HTTP {status}"
     try:
-        data = json_object(body)
-    except FetchFailed:
-        text = quoted(body)
+        data = token_fetch.json_object(body)
+    except token_fetch.FetchFailed:
+        text = token_fetch.quoted(body)
         return f"{detail}: {text}" if text else detail
     if "error" in data:  # RFC 6749 5.2
         description = data.get("error_description")
-        detail += f": error={clip(str(data['error']), 80)}"
+        detail += f": error={token_fetch.clip(str(data['error']), 80)}"
         if description:
-            detail += f" ({clip(str(description), 120)})"
+            detail += f" ({token_fetch.clip(str(description), 120)})"
     return detail

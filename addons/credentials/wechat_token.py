@@ -11,18 +11,9 @@ from typing import Any
 import aiohttp
 from yarl import URL
 
+from addons.credentials import token_fetch
 from addons.credentials.schema import WechatTokenCredentials
 from addons.credentials.services import TokenServices
-from addons.credentials.token_fetch import (
-    Fetched,
-    FetchFailed,
-    access_token,
-    clip,
-    json_object,
-    lifetime,
-    quoted,
-    read_answer,
-)
 from addons.credentials.tokens import TokenCredential
 from addons.outbound import OutboundRequest
 
@@ -66,22 +57,24 @@ class WechatToken(TokenCredential):
         # the same appid (a second rule, a staging copy on the same Redis) must share it, not fight.
         return f"token:wechat:{self.wechat.app_id}"
 
-    async def _fetch(self, session: aiohttp.ClientSession) -> Fetched:
+    async def _fetch(self, session: aiohttp.ClientSession) -> token_fetch.Fetched:
         url = URL(self.token_url).update_query(
             grant_type="client_credential", appid=self.wechat.app_id, secret=self.wechat.secret.get_secret_value())
         async with session.get(url, headers={"Accept": "application/json", "Accept-Encoding": "identity"},
                                timeout=aiohttp.ClientTimeout(total=self._timeout), allow_redirects=False) as resp:
-            body = await read_answer(resp)
+            body = await token_fetch.read_answer(resp)
             status = resp.status
         if status != 200:
-            raise FetchFailed(f"token endpoint answered HTTP {status}: {quoted(body)}")
-        data = json_object(body)
+            raise token_fetch.FetchFailed(f"token endpoint answered HTTP {status}: {token_fetch.quoted(body)}")
+        data = token_fetch.json_object(body)
         errcode = data.get("errcode")
         if errcode not in (None, 0, "0"):
             hint = WECHAT_FETCH_HINTS.get(errcode) if isinstance(errcode, int) else None
-            errmsg = clip(str(data.get("errmsg", "")), 120)
-            raise FetchFailed(f"token endpoint answered errcode {errcode} ({errmsg})" + (f": {hint}" if hint else ""))
-        return Fetched(access_token(data), lifetime(data.get("expires_in"), self.default_lifetime))
+            errmsg = token_fetch.clip(str(data.get("errmsg", "")), 120)
+            raise token_fetch.FetchFailed(f"token endpoint answered errcode {errcode} ({errmsg})"
+                                          + (f": {hint}" if hint else ""))
+        lifetime = token_fetch.lifetime(data.get("expires_in"), self.default_lifetime)
+        return token_fetch.Fetched(token_fetch.access_token(data), lifetime)
 
     def _inject(self, req: OutboundRequest, value: str) -> None:
         req.set_query("access_token", value)
