@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, quote_plus
 
+import aiohttp
 import pytest
 from aiohttp import web
 
@@ -571,3 +572,45 @@ async def test_oauth2_error_answer_is_1002_with_the_rfc_error(server: TokenServe
     with pytest.raises(GatewayError):
         await credential.apply(outbound())
     assert server.fetches == 1
+
+
+class PlainServices:
+    """Only what a token credential is given (addons/credentials/services.py): no gateway at all."""
+
+    def __init__(self, session: aiohttp.ClientSession) -> None:
+        self.service, self.upstream_url = "plain", ""
+        self.session = session
+        self.masked: list[str] = []
+        self.counted: list[str] = []
+
+    def store(self) -> None:
+        return None  # no state store yet: the credential keeps a private one
+
+    def http(self) -> aiohttp.ClientSession:
+        return self.session
+
+    def add_secret(self, value: str) -> None:
+        self.masked.append(value)
+
+    def token_refreshed(self, result: str) -> None:
+        self.counted.append(result)
+
+
+async def test_a_token_credential_needs_only_its_services(server: TokenServer) -> None:
+    async with aiohttp.ClientSession() as session:
+        services = PlainServices(session)
+        spec = WechatTokenCredentials(type="wechat_token", app_id="wx-app-1", secret=SECRET,
+                                      token_url=f"{server.url}/cgi-bin/token")
+        credential = make_credential(spec, services)
+        try:
+            req = outbound()
+            await credential.apply(req)
+            assert req.get_query("access_token") == server.issued[0]
+            assert services.masked == [server.issued[0]] and services.counted == ["success"]
+            server.mode = "errcode"
+            with pytest.raises(GatewayError) as caught:
+                await credential.refresh()  # the provider rejected the token this call sent
+            assert caught.value.code == -1002 and SECRET not in caught.value.detail
+            assert services.counted == ["success", "error"] and server.fetches == 2
+        finally:
+            await credential.close()
