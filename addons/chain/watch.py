@@ -64,7 +64,7 @@ from addons import rules_cache
 from addons.chain.context import GatewayContext
 from addons.chain.rules import Rules
 from addons.redact import Redactor
-from addons.rules.loader import Problem
+from addons.rules.loader import Problem, load_directory
 from addons.rules.remote import (
     MAX_FEED_BYTES,
     RemoteFeed,
@@ -314,9 +314,18 @@ class Watch:
         if text is None:
             return
         documents = named_documents(feed.shown, text)
+        digest = digest_of(text.encode())
+        # Checked before the reload: a refused copy is a WARNING here, as a refused feed is, since an
+        # ERROR during mitmproxy's start makes it exit, and the local rules in force serve meanwhile.
+        _, problems = load_directory(ctx.options.gateway_rules, extra=documents)
+        if problems:
+            log.warning("gateway: the saved remote rules %s are not used (the feed is asked instead):\n  %s",
+                        feed.cache_path, "\n  ".join(str(p) for p in problems))
+            self._judged(documents, digest, problems)
+            return
         # At start, before serving: the one synchronous reload (mitmproxy's `running` is not awaited).
         problems = self.rules.reload(f"saved remote rules from {feed.cache_path}", remote=documents)
-        if self._judged(documents, digest_of(text.encode()), problems):
+        if self._judged(documents, digest, problems):
             feed.in_force = "cache"
             log.info("gateway: remote rules from the saved copy %s in force (%d document(s)) until %s answers",
                      feed.cache_path, len(documents), feed.shown)
