@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # From a fresh clone to a green test run: Python >= 3.12 venv, the project with its test extras,
-# redis-server, redis-cli and redis-sentinel for the quota and Redis engine tests, then ruff and
-# pytest. Arguments go to pytest.
+# redis-server, redis-cli and redis-sentinel for the quota and Redis engine tests, then ruff, mypy
+# and pytest. Arguments go to pytest.
 set -euo pipefail
 source "$(dirname "$0")/scripts/env.sh"
 cd "$GW_ROOT"
@@ -12,4 +12,5 @@ gw_apt_ensure redis-sentinel redis-sentinel || gw_log "gateway: redis-sentinel u
 gw_apt_ensure curl curl || true
 gw_apt_ensure chromium chromium || gw_log "gateway: chromium unavailable; the status page browser test will be skipped"
 "$GW_PY" -m ruff check addons gateway_client tests bench
+"$GW_PY" -m mypy  # files and per-module strictness: [tool.mypy] in pyproject.toml
 exec "$GW_PY" -m pytest -p no:cacheprovider "$@"

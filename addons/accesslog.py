@@ -10,15 +10,11 @@ import json
 import sys
 import threading
 import time
-from datetime import UTC, datetime
 from typing import IO, Any
 
 from addons.call import Call
 from addons.redact import Redactor
-
-
-def rfc3339(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+from addons.timestamps import rfc3339
 
 
 def log_record(call: Call, redactor: Redactor) -> dict[str, Any]:

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from functools import lru_cache
 from typing import Any, Protocol
 from urllib.parse import quote, quote_plus, unquote_plus
@@ -211,6 +211,10 @@ class RuleLike(Protocol):
     def replace(self) -> str: ...
 
 
+
+def _literally(value: str) -> Callable[[re.Match[str]], str]:
+    return lambda _match: value
+
 class Redactor:
     """Built once per rule set; its methods are called on every call's log line, so everything is
     compiled here and each method has a fast path for text with nothing to redact."""
@@ -302,7 +306,8 @@ class Redactor:
 
     def _rules(self, s: str) -> str:
         for pattern, replace in self._extra:
-            s = pattern.sub(lambda _m, r=replace: r, s)
+            # A function, so the replacement is taken literally (no backslash groups).
+            s = pattern.sub(_literally(replace), s)
         return s
 
     # -- public -------------------------------------------------------------------------------------

@@ -130,3 +130,30 @@ def gateways() -> Iterator[list[object]]:
                 print(line)
         print(f"--- gateway on port {gw.port}: output")
         print("\n".join(line for line in gw.output().splitlines() if "client " not in line)[-4000:])
+
+
+# -- the `unit` marker: `pytest -m unit` is the quick inner loop --------------------------------------
+
+# Test modules whose tests start no subprocess (no mitmdump, no redis-server, no `python -m addons`).
+# In the last two, the tests that use redis-server (its fixtures, or a "redis" parameter) are not unit.
+UNIT_MODULES = frozenset({
+    "test_envelope.py", "test_explicit.py", "test_fail_closed.py", "test_health.py", "test_hostile_units.py",
+    "test_quota.py", "test_redact.py", "test_retry.py", "test_signing.py", "test_wechatpay_v3.py",
+    "test_tokens.py", "test_state.py", "test_remote_feed.py",
+})
+SUBPROCESS_FIXTURES = frozenset({"redis_server", "redis_url", "restart_redis", "gateways", "confdir"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if _starts_no_subprocess(item):
+            item.add_marker(pytest.mark.unit)
+
+
+def _starts_no_subprocess(item: pytest.Item) -> bool:
+    if item.path.name not in UNIT_MODULES:
+        return False
+    if SUBPROCESS_FIXTURES & set(getattr(item, "fixturenames", ())):
+        return False
+    callspec = getattr(item, "callspec", None)
+    return callspec is None or "redis" not in callspec.params.values()

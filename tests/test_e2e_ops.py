@@ -27,10 +27,12 @@ from mitmproxy import exceptions
 from mitmproxy import io as mitmio
 from prometheus_client.parser import text_string_to_metric_families
 
+from addons import rules_cache
 from addons.chain.admin import clean, is_loopback, parse_address
 from addons.chain.context import GatewayContext
-from addons.chain.watch import Watch, split_documents
+from addons.chain.watch import Watch
 from addons.redact import Redactor
+from addons.rules.remote import split_documents
 from tests.conftest import free_port, wait_until
 from tests.fakes import FakeProvider, Reply
 from tests.harness import Gateway, write_rules
@@ -544,6 +546,24 @@ def test_restart_during_a_feed_outage_serves_the_saved_feed(tmp_path: Path, conf
         assert status(gw)["rules"]["remote"]["in_force"] == "cache"
         feed.status = None  # back: the feed's own copy (the same documents) is in force again
         wait_until(lambda: status(gw)["rules"]["remote"]["in_force"] == "feed", 10, what="the feed in force")
+
+
+def test_a_saved_feed_that_no_longer_fits_the_local_rules_does_not_stop_the_start(
+        tmp_path: Path, confdir: Path, hello: FakeProvider, feed: Feed) -> None:
+    rules = base_rules(tmp_path, hello)
+    url = f"http://127.0.0.1:{feed.port}/rules"
+    # Saved while it fitted; since then a local file defines the same service. Refused at start
+    # (an ERROR logged then would make mitmproxy exit): the gateway starts and asks the feed.
+    rules_cache.save(str(tmp_path / "rules.remote-cache"), url, textwrap.dedent(service_file("remote1", hello)))
+    write_rules(rules, {"remote1.yaml": service_file("remote1", hello)})
+    feed.body = textwrap.dedent(service_file("remote2", hello))
+    args = ["--set", f"gateway_rules_url={url}", "--set", "gateway_rules_poll=1"]
+    with Gateway(rules, confdir, env={"DEMO_KEY": INJECTED}, args=args) as gw:
+        assert code_of(gw, "http://api.remote1.test/ping") == 0  # the local file
+        wait_until(lambda: code_of(gw, "http://api.remote2.test/ping") == 0, 10, what="the feed in force")
+        remote = status(gw)["rules"]["remote"]
+        assert remote["in_force"] == "feed" and remote["documents"] == [f"{url}#1"]
+        assert gw.proc is not None and gw.proc.poll() is None
 
 
 # -- stored flows ------------------------------------------------------------------------------------

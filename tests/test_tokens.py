@@ -13,14 +13,17 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, quote_plus
 
+import aiohttp
 import pytest
 from aiohttp import web
 
 from addons.chain.context import GatewayContext
 from addons.chain.rules import CredentialContext
 from addons.credentials import make_credential
+from addons.credentials.oauth2_token import OAuth2Token
 from addons.credentials.schema import OAuth2ClientCredentials, WechatTokenCredentials
-from addons.credentials.tokens import PLACEHOLDER_TOKEN, OAuth2Token, Token, TokenCredential, WechatToken
+from addons.credentials.tokens import Token, TokenCredential
+from addons.credentials.wechat_token import PLACEHOLDER_TOKEN, WechatToken
 from addons.errors import GatewayError
 from addons.outbound import OutboundRequest
 from addons.redact import Redactor
@@ -240,7 +243,7 @@ async def token_of(credential: TokenCredential) -> str:
 
 
 def refreshes(credential: TokenCredential, result: str) -> float:
-    gw = credential._gw  # the test's own GatewayContext
+    gw = credential.services.gw  # type: ignore[attr-defined]  # the test's own GatewayContext
     value = gw.metrics.registry.get_sample_value(
         "gateway_token_refreshes_total", {"service": credential.service, "result": result})
     return value or 0.0
@@ -491,7 +494,7 @@ async def test_tokens_are_registered_for_redaction_and_never_in_repr(server: Tok
     class Compiled:
         redactor = Redactor()
 
-    gw = credential._gw
+    gw = credential.services.gw  # type: ignore[attr-defined]
     gw.compiled = Compiled()  # type: ignore[assignment]
     token = await token_of(credential)
     assert Compiled.redactor.text(f"provider said {token} is bad") == "provider said *** is bad"
@@ -569,3 +572,45 @@ async def test_oauth2_error_answer_is_1002_with_the_rfc_error(server: TokenServe
     with pytest.raises(GatewayError):
         await credential.apply(outbound())
     assert server.fetches == 1
+
+
+class PlainServices:
+    """Only what a token credential is given (addons/credentials/services.py): no gateway at all."""
+
+    def __init__(self, session: aiohttp.ClientSession) -> None:
+        self.service, self.upstream_url = "plain", ""
+        self.session = session
+        self.masked: list[str] = []
+        self.counted: list[str] = []
+
+    def store(self) -> None:
+        return None  # no state store yet: the credential keeps a private one
+
+    def http(self) -> aiohttp.ClientSession:
+        return self.session
+
+    def add_secret(self, value: str) -> None:
+        self.masked.append(value)
+
+    def token_refreshed(self, result: str) -> None:
+        self.counted.append(result)
+
+
+async def test_a_token_credential_needs_only_its_services(server: TokenServer) -> None:
+    async with aiohttp.ClientSession() as session:
+        services = PlainServices(session)
+        spec = WechatTokenCredentials(type="wechat_token", app_id="wx-app-1", secret=SECRET,
+                                      token_url=f"{server.url}/cgi-bin/token")
+        credential = make_credential(spec, services)
+        try:
+            req = outbound()
+            await credential.apply(req)
+            assert req.get_query("access_token") == server.issued[0]
+            assert services.masked == [server.issued[0]] and services.counted == ["success"]
+            server.mode = "errcode"
+            with pytest.raises(GatewayError) as caught:
+                await credential.refresh()  # the provider rejected the token this call sent
+            assert caught.value.code == -1002 and SECRET not in caught.value.detail
+            assert services.counted == ["success", "error"] and server.fetches == 2
+        finally:
+            await credential.close()

@@ -100,8 +100,8 @@ def build_key(spec: CacheSpec, service: str, method: str, http_method: str, path
         elif part == "body":
             _part(h, hashlib.sha256(body).digest())
         else:  # header:NAME
-            value = header.get(part[7:])
-            _part(h, b"\x00absent" if value is None else b"=" + value.encode("latin-1", "replace"))
+            named = header.get(part[7:])
+            _part(h, b"\x00absent" if named is None else b"=" + named.encode("latin-1", "replace"))
     return f"{service}.{method}:{h.hexdigest()}"
 
 

@@ -25,8 +25,7 @@ import os
 import socket
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from aiohttp import web
 from mitmproxy import ctx, exceptions
@@ -34,19 +33,21 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from addons.chain.context import GatewayContext
 from addons.redact import MASK, Redactor, is_secret_name
+from addons.timestamps import rfc3339
 
-if TYPE_CHECKING:
-    from addons.chain.watch import Watch
+
+class RulesSources(Protocol):
+    """What /status and /readyz show of where the rules come from (the `Watch` addon)."""
+
+    def watch_status(self) -> dict[str, Any]: ...
+
+    def remote_status(self) -> dict[str, Any] | None: ...
+
+    def remote_settled(self) -> bool: ...
 
 log = logging.getLogger("gateway")
 
 OFF = ("", "off", "none", "false", "0")
-
-
-def rfc3339(ts: float | None) -> str | None:
-    if ts is None:
-        return None
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def parse_address(spec: str) -> tuple[str, int]:
@@ -110,7 +111,7 @@ def clean(value: Any, redactor: Redactor, key: str = "") -> Any:
 
 
 class Admin:
-    def __init__(self, gw: GatewayContext, watch: Watch | None = None) -> None:
+    def __init__(self, gw: GatewayContext, watch: RulesSources | None = None) -> None:
         self.gw = gw
         self.watch = watch
         self.address = ""  # the gateway_admin value the current socket was bound for
@@ -182,8 +183,10 @@ class Admin:
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
         self._runner = runner
+        server = runner.server
+        assert server is not None  # set by setup()
         try:
-            self._server = await asyncio.get_running_loop().create_server(runner.server, sock=sock)
+            self._server = await asyncio.get_running_loop().create_server(server, sock=sock)
         except Exception as exc:
             log.error("gateway: admin listener on %s did not start: %s", self.address, exc)
             await runner.cleanup()
@@ -338,7 +341,8 @@ class Admin:
                 "dropped": access_log.dropped if access_log is not None else 0,
             },
         }
-        return clean(document, redactor)
+        cleaned: dict[str, Any] = clean(document, redactor)
+        return cleaned
 
 
 def _store_status(store: object) -> dict[str, Any] | None:

@@ -119,7 +119,7 @@ class LeanAddons:
         self.removed: dict[str, dict[str, Any]] = {}  # addon name -> its options' values at removal
         self.kept_for: dict[str, list[str]] = {}  # addon name -> the user's options that kept it
 
-    def load(self, loader) -> None:  # type: ignore[no-untyped-def]
+    def load(self, loader) -> None:
         loader.add_option("gateway_lean", bool, True,
                           "Remove the default mitmproxy addons this configuration leaves idle "
                           "(false: keep them all).")

@@ -6,11 +6,15 @@ import asyncio
 import logging
 import time
 
+import aiohttp
 from mitmproxy import ctx, exceptions
 
 from addons.chain.context import GatewayContext
 from addons.rules.loader import Problem, RuleSet, load_directory
+from addons.rules.remote import Source
+from addons.rules.schema import ServiceSpec
 from addons.runtime import ServiceRuntime, compile_rules
+from addons.state.base import StateStore
 from addons.upstream.health import HealthRegistry, ServiceHealth, TargetHealth
 
 log = logging.getLogger("gateway")
@@ -21,21 +25,34 @@ RELOAD_TIME_LIMIT = 10.0
 
 
 class CredentialContext:
-    """What token credentials get from the gateway (see credentials/__init__.py)."""
+    """What token credentials get from the gateway: `addons.credentials.services.TokenServices`."""
 
     def __init__(self, gw: GatewayContext, service: str = "_", upstream_url: str = "") -> None:
         self.gw = gw
         self.service = service
         self.upstream_url = upstream_url
 
-    def for_service(self, spec: object) -> CredentialContext:
-        return CredentialContext(self.gw, spec.service, spec.upstream.url)  # type: ignore[attr-defined]
+    def for_service(self, spec: ServiceSpec) -> CredentialContext:
+        return CredentialContext(self.gw, spec.service, spec.upstream.url)
+
+    def store(self) -> StateStore | None:
+        return self.gw.store
+
+    def http(self) -> aiohttp.ClientSession:
+        return self.gw.http()
+
+    def add_secret(self, value: str) -> None:
+        if self.gw.compiled is not None:
+            self.gw.compiled.redactor.add_secret(value)
+
+    def token_refreshed(self, result: str) -> None:
+        self.gw.metrics.token_refreshed(self.service, result)
 
 
 class Rules:
     def __init__(self, gw: GatewayContext) -> None:
         self.gw = gw
-        self.remote_sources: list[tuple[str, str]] = []  # documents from gateway_rules_url
+        self.remote_sources: list[Source] = []  # the documents from gateway_rules_url in force
         self._closing: set[asyncio.Task[None]] = set()  # runtimes dropped by a reload, closing
         self._reloading = asyncio.Lock()  # one threaded reload at a time, applied in order
 
@@ -61,28 +78,31 @@ class Rules:
                 raise exceptions.OptionsError(
                     "gateway: the rules do not load:\n" + "\n".join(str(p) for p in problems))
 
-    def reload(self, reason: str = "reload") -> list[Problem]:
-        """Validate the whole directory (plus remote documents) and swap it in; on any problem keep
-        the rules in force and report. Returns the problems (empty on success)."""
+    def reload(self, reason: str = "reload", remote: list[Source] | None = None) -> list[Problem]:
+        """Validate the whole directory plus the remote documents (`remote`, or those in force when
+        None) and swap it in; on any problem keep the rules and the remote documents in force and
+        report. Returns the problems (empty on success)."""
         directory = ctx.options.gateway_rules
-        rules, problems = load_directory(directory, extra=self.remote_sources)
-        return self._finish(directory, rules, problems, reason)
+        extra = self.remote_sources if remote is None else remote
+        rules, problems = load_directory(directory, extra=extra)
+        return self._finish(directory, rules, problems, reason, extra)
 
-    async def reload_async(self, reason: str = "reload") -> list[Problem]:
+    async def reload_async(self, reason: str = "reload", remote: list[Source] | None = None) -> list[Problem]:
         """`reload` with the reading and validating done in a worker thread, so a large or hostile
         rule file never stalls the calls being served. The result is applied here, on the loop."""
         async with self._reloading:
             directory = ctx.options.gateway_rules
-            extra = list(self.remote_sources)
+            extra = list(self.remote_sources if remote is None else remote)
             try:
                 rules, problems = await asyncio.wait_for(
                     asyncio.to_thread(load_directory, directory, None, extra), RELOAD_TIME_LIMIT)
             except TimeoutError:
                 rules, problems = RuleSet(), [Problem(directory, 0, f"reading the rules took longer than "
                                                                     f"{RELOAD_TIME_LIMIT:.0f} s")]
-            return self._finish(directory, rules, problems, reason)
+            return self._finish(directory, rules, problems, reason, extra)
 
-    def _finish(self, directory: str, rules: RuleSet, problems: list[Problem], reason: str) -> list[Problem]:
+    def _finish(self, directory: str, rules: RuleSet, problems: list[Problem], reason: str,
+                remote: list[Source]) -> list[Problem]:
         self.gw.last_reload_at = time.time()
         if problems:
             self.gw.last_reload_error = [str(p) for p in problems]
@@ -91,6 +111,7 @@ class Rules:
             log.error("gateway: rules in %s not loaded (%s)%s:\n  %s", directory, reason, keeping,
                       "\n  ".join(str(p) for p in problems))
             return problems
+        self.remote_sources = list(remote)
         self.apply(rules, reason)
         return []
 

@@ -427,8 +427,11 @@ class Shaping:
         future: asyncio.Future[Admission] = loop.create_future()
         waiter = Waiter(call.app or "_", service, [], (), flow.client_conn, future)
         self._enter(waiter)
-        timer = loop.call_later(max(0.0, until - time.time()) + EDGE_SLACK,
-                                lambda: future.done() or future.set_result(Admission(True)))
+        def wake() -> None:
+            if not future.done():
+                future.set_result(Admission(True))
+
+        timer = loop.call_later(max(0.0, until - time.time()) + EDGE_SLACK, wake)
         try:
             await future
             return True

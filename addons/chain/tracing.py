@@ -26,7 +26,7 @@ class Tracing:
         self.endpoint = ""
         self._dropped: Counter | None = None
 
-    def load(self, loader) -> None:  # type: ignore[no-untyped-def]
+    def load(self, loader) -> None:
         loader.add_option("gateway_otlp", str, "",
                           "OTLP/HTTP collector for traces, e.g. http://collector:4318; empty: no tracing.")
 
@@ -76,7 +76,7 @@ def start_call(gw: GatewayContext, flow: http.HTTPFlow, call: Call) -> None:
     call.span, call.trace_id = span, span.trace_id
 
 
-def attempt_hook(gw: GatewayContext, call: Call):  # type: ignore[no-untyped-def]
+def attempt_hook(gw: GatewayContext, call: Call):
     """The forwarder's per-attempt callback: a child span, and its traceparent on the request (set
     before credentials and signatures, so a signer that signs every header signs this one too)."""
     span: CallSpan = call.span

@@ -48,106 +48,39 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import os
-import re
 import signal
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import urlsplit
 
-import aiohttp
 from mitmproxy import command, ctx, exceptions
 from watchfiles import DefaultFilter, awatch
 
 from addons import rules_cache
-from addons.chain.admin import rfc3339
 from addons.chain.context import GatewayContext
 from addons.chain.rules import Rules
-from addons.redact import Redactor, is_secret_name
-from addons.rules.loader import Problem
+from addons.redact import Redactor
+from addons.rules.loader import Problem, load_directory
+from addons.rules.remote import (
+    MAX_FEED_BYTES,
+    RemoteFeed,
+    Source,
+    describe,
+    digest_of,
+    fetch,
+    named_documents,
+)
+from addons.timestamps import rfc3339
 
 log = logging.getLogger("gateway")
 
 DEBOUNCE_MS = 300  # quiet time after the last change before the reload starts
 MAX_GROUP_MS = 1500  # a directory that never goes quiet is still reloaded this often
 POLL_DELAY_MS = 500  # polling fallback: how often the directory is scanned
-MAX_FEED_BYTES = 16 * 1024 * 1024
-_SEPARATOR = re.compile(r"^---(?:[ \t].*)?$")
-
-Source = tuple[str, str]
-
-
-def split_documents(text: str) -> list[str]:
-    """A feed body to its YAML documents, at `---` lines (the rest of such a line, e.g. `--- # x`,
-    belongs to the separator). Documents with nothing but blank lines and comments are dropped. A
-    `...` end marker line is dropped too."""
-    documents: list[list[str]] = [[]]
-    for line in text.splitlines():
-        if _SEPARATOR.match(line):
-            documents.append([])
-        elif line.rstrip() == "...":
-            continue
-        else:
-            documents[-1].append(line)
-    out = []
-    for lines in documents:
-        meaningful = [ln for ln in lines if ln.strip() and not ln.lstrip().startswith(("#", "%"))]
-        if meaningful:
-            out.append("\n".join(ln for ln in lines if not ln.startswith("%")) + "\n")
-    return out
-
-
-def url_redactor(url: str) -> Redactor:
-    """A redactor that also knows the URL's own secrets as values: an aiohttp error text may quote the
-    URL, its host part or a credential on its own."""
-    redactor = Redactor()
-    parts = urlsplit(url)
-    redactor.add_secret(parts.password)
-    for name, value in parse_qsl(parts.query, keep_blank_values=True):
-        if is_secret_name(name):
-            redactor.add_secret(value)
-    return redactor
-
-
-@dataclass
-class RemoteFeed:
-    """The state of `gateway_rules_url` for polling and for /status."""
-
-    url: str = ""
-    shown: str = ""  # the URL redacted: the only form ever written anywhere
-    etag: str | None = None
-    last_modified: str | None = None
-    force: bool = False  # next poll without validators (SIGHUP, gateway.reload)
-    settled: bool = True  # the first fetch completed (or no URL): /readyz waits for it
-    documents: list[str] = field(default_factory=list)  # names of the documents in force
-    digest: str | None = None  # of the body in force
-    rejected_digest: str | None = None
-    rejected: list[Source] | None = None  # documents refused by validation, retried after a local change
-    rejected_problems: list[str] = field(default_factory=list)
-    last_status: int | None = None
-    last_error: str | None = None
-    last_fetch_at: float | None = None
-    last_ok_at: float | None = None
-    last_change_at: float | None = None
-    fetches: int = 0
-    not_modified: int = 0
-    failures: int = 0
-    redactor: Redactor = field(default_factory=Redactor)
-    in_force: str = "none"  # where the remote documents in force came from: feed | cache | none
-    cache_path: str = ""
-    cache_saved_at: float | None = None
-    cache_error: str | None = None
-
-    def scrub(self, text: str) -> str:
-        if self.url:
-            text = text.replace(self.url, self.shown)
-        return self.redactor.text(text)
-
 
 class Watch:
     def __init__(self, gw: GatewayContext, rules: Rules) -> None:
@@ -189,7 +122,8 @@ class Watch:
         loop = asyncio.get_running_loop()
         self._start_watcher()
         if self.feed.url:
-            self._start_poller()  # which first puts the saved copy of the feed in force
+            self._load_cache()
+            self._start_poller()
         try:
             loop.add_signal_handler(signal.SIGHUP, self._sighup)
             self._signal_loop = loop
@@ -242,20 +176,16 @@ class Watch:
         return problems
 
     async def _try_remote(self, documents: list[Source], digest: str | None, reason: str) -> bool:
-        previous = self.rules.remote_sources
-        self.rules.remote_sources = documents
-        problems = await self.rules.reload_async(reason)
+        """One reload with these remote documents; they are in force only if it succeeds. On a
+        problem the rules and the remote documents in force stay, so a later local reload does not
+        pick up the broken ones (Rules.reload logged the problems)."""
+        return self._judged(documents, digest, await self.rules.reload_async(reason, remote=documents))
+
+    def _judged(self, documents: list[Source], digest: str | None, problems: list[Problem]) -> bool:
         if problems:
-            # Rules.reload kept the rules in force and logged the problems; the documents in force
-            # stay the previous ones, so a later local reload does not pick up the broken ones.
-            self.rules.remote_sources = previous
-            self.feed.rejected, self.feed.rejected_digest = documents, digest
-            self.feed.rejected_problems = [str(p) for p in problems]
+            self.feed.refused(documents, digest, [str(p) for p in problems])
             return False
-        self.feed.documents = [name for name, _ in documents]
-        self.feed.digest = digest
-        self.feed.rejected, self.feed.rejected_digest, self.feed.rejected_problems = None, None, []
-        self.feed.last_change_at = time.time()
+        self.feed.accepted(documents, digest)
         return True
 
     # -- the rules directory ------------------------------------------------------------------------
@@ -276,37 +206,22 @@ class Watch:
 
     async def _watch(self, directory: str, stop: threading.Event) -> None:
         force_polling = False
-        missing_logged = False
+        missing = False  # logged as missing: its reappearance is a change
         while not stop.is_set():
             if not os.path.isdir(directory):
                 # Nothing to watch yet (a volume not mounted, a directory being replaced): wait for it.
-                if not missing_logged:
+                if not missing:
                     log.warning("gateway: rules directory %s does not exist; watching for it to appear", directory)
-                    missing_logged = True
+                    missing = True
                 self.mode = "waiting"
                 await asyncio.sleep(POLL_DELAY_MS / 1000)
                 continue
-            if missing_logged:
-                missing_logged = False
+            if missing:
+                missing = False
                 await self._changed(directory, "rules directory appeared")
+            self.mode = "polling" if force_polling else "inotify"
             try:
-                self.mode = "polling" if force_polling else "inotify"
-                inode = os.stat(directory).st_ino
-                async for changes in self.awatch(
-                        directory, watch_filter=DefaultFilter(), debounce=MAX_GROUP_MS, step=DEBOUNCE_MS,
-                        stop_event=stop, force_polling=force_polling, poll_delay_ms=POLL_DELAY_MS,
-                        recursive=True, rust_timeout=1000):
-                    names = sorted({os.path.basename(path) for _, path in changes})
-                    await self._changed(directory, "file change: " + ", ".join(names[:5])
-                                  + (f" and {len(names) - 5} more" if len(names) > 5 else ""))
-                    if not _same_directory(directory, inode):
-                        # Removed or replaced (renamed over): a watch on the old inode would never
-                        # see the new directory's files, so start over on whatever is there now.
-                        missing_logged = not os.path.isdir(directory)
-                        if missing_logged:
-                            log.warning("gateway: rules directory %s was removed; the rules in force stay, "
-                                        "watching for it to reappear", directory)
-                        break
+                missing = await self._watch_directory(directory, stop, force_polling)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -325,6 +240,25 @@ class Watch:
                 # awatch ends when its directory goes away (or on stop): check again from the top.
                 await asyncio.sleep(POLL_DELAY_MS / 1000 if not stop.is_set() else 0)
 
+    async def _watch_directory(self, directory: str, stop: threading.Event, force_polling: bool) -> bool:
+        """Reload on every group of changes until the directory is removed or replaced, or `stop`;
+        whether it is missing now."""
+        inode = os.stat(directory).st_ino
+        async for changes in self.awatch(
+                directory, watch_filter=DefaultFilter(), debounce=MAX_GROUP_MS, step=DEBOUNCE_MS,
+                stop_event=stop, force_polling=force_polling, poll_delay_ms=POLL_DELAY_MS,
+                recursive=True, rust_timeout=1000):
+            await self._changed(directory, _change_reason(sorted({os.path.basename(path) for _, path in changes})))
+            if not _same_directory(directory, inode):
+                # Removed or replaced (renamed over): a watch on the old inode would never see the
+                # new directory's files, so start over on whatever is there now.
+                if not os.path.isdir(directory):
+                    log.warning("gateway: rules directory %s was removed; the rules in force stay, "
+                                "watching for it to reappear", directory)
+                    return True
+                return False
+        return False
+
     async def _changed(self, directory: str, what: str) -> None:
         self.last_change_at = time.time()
         try:
@@ -338,7 +272,7 @@ class Watch:
             "directory": self.directory,
             "mode": self.mode,
             "debounce_ms": DEBOUNCE_MS,
-            "last_change_at": _ts(self.last_change_at),
+            "last_change_at": rfc3339(self.last_change_at),
             "last_trigger": self.last_trigger or None,
         }
 
@@ -350,11 +284,10 @@ class Watch:
         if url and urlsplit(url).scheme not in ("http", "https"):
             raise exceptions.OptionsError(
                 f"gateway_rules_url must be an http:// or https:// URL, got {Redactor().url(url)!r}")
-        had_documents = bool(self.rules.remote_sources)
         self._stop_poller()
-        self.feed = RemoteFeed(url=url, shown=Redactor().url(url) if url else "",
-                               settled=not url, redactor=url_redactor(url) if url else Redactor())
-        if had_documents:
+        self.feed = RemoteFeed.for_url(url)
+        if self.rules.remote_sources:
+            # Dropped whether or not the local rules load now: they belong to a feed no longer asked.
             self.rules.remote_sources = []
             self.rules.reload("gateway_rules_url changed")
         if url:
@@ -363,8 +296,7 @@ class Watch:
                 self._start_poller()
 
     def remote_settled(self) -> bool:
-        feed = self.feed
-        return not feed.url or feed.in_force != "none" or feed.last_ok_at is not None
+        return self.feed.settled_for_readiness()
 
     def _cache_path(self) -> str:
         configured = ctx.options.gateway_rules_cache.strip()
@@ -372,7 +304,7 @@ class Watch:
             return ""
         return configured or rules_cache.default_path(ctx.options.gateway_rules)
 
-    async def _load_cache(self) -> None:
+    def _load_cache(self) -> None:
         """At start: the saved copy of this feed in force at once, until the feed answers."""
         feed = self.feed
         feed.cache_path = self._cache_path()
@@ -381,9 +313,19 @@ class Watch:
         text = rules_cache.load(feed.cache_path, feed.url, MAX_FEED_BYTES)
         if text is None:
             return
-        digest = hashlib.sha256(text.encode()).hexdigest()[:16]
-        documents = [(f"{feed.shown}#{i}", doc) for i, doc in enumerate(split_documents(text), 1)]
-        if await self._try_remote(documents, digest, f"saved remote rules from {feed.cache_path}"):
+        documents = named_documents(feed.shown, text)
+        digest = digest_of(text.encode())
+        # Checked before the reload: a refused copy is a WARNING here, as a refused feed is, since an
+        # ERROR during mitmproxy's start makes it exit, and the local rules in force serve meanwhile.
+        _, problems = load_directory(ctx.options.gateway_rules, extra=documents)
+        if problems:
+            log.warning("gateway: the saved remote rules %s are not used (the feed is asked instead):\n  %s",
+                        feed.cache_path, "\n  ".join(str(p) for p in problems))
+            self._judged(documents, digest, problems)
+            return
+        # At start, before serving: the one synchronous reload (mitmproxy's `running` is not awaited).
+        problems = self.rules.reload(f"saved remote rules from {feed.cache_path}", remote=documents)
+        if self._judged(documents, digest, problems):
             feed.in_force = "cache"
             log.info("gateway: remote rules from the saved copy %s in force (%d document(s)) until %s answers",
                      feed.cache_path, len(documents), feed.shown)
@@ -397,8 +339,8 @@ class Watch:
             await asyncio.to_thread(rules_cache.save, feed.cache_path, feed.url, text)
         except OSError as exc:
             if feed.cache_error is None:
-                log.warning("gateway: could not save the remote rules to %s: %s", feed.cache_path, _describe(exc))
-            feed.cache_error = _describe(exc)
+                log.warning("gateway: could not save the remote rules to %s: %s", feed.cache_path, describe(exc))
+            feed.cache_error = describe(exc)
             return
         feed.cache_error, feed.cache_saved_at = None, time.time()
 
@@ -414,11 +356,6 @@ class Watch:
         self._poll_task = None
 
     async def _poll_loop(self, feed: RemoteFeed) -> None:
-        if feed.in_force == "none":
-            try:
-                await self._load_cache()
-            except Exception as exc:  # an unreadable saved copy must not end polling
-                log.warning("gateway: saved remote rules not used (%s)", type(exc).__name__)
         await _startup_checked()
         while True:
             try:
@@ -426,111 +363,28 @@ class Watch:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # a bug in one poll must not end polling
-                self._failed(feed, f"internal error ({type(exc).__name__})")
+                feed.failed(f"internal error ({type(exc).__name__})")
             feed.settled = True
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=ctx.options.gateway_rules_poll)
             self._wake.clear()
 
     async def poll(self, feed: RemoteFeed) -> None:
-        headers = {"Accept": "application/yaml, text/yaml, text/plain;q=0.9, */*;q=0.5"}
-        if not feed.force:
-            if feed.etag:
-                headers["If-None-Match"] = feed.etag
-            if feed.last_modified:
-                headers["If-Modified-Since"] = feed.last_modified
-        forced, feed.force = feed.force, False
-        poll_s = max(1, ctx.options.gateway_rules_poll)
-        timeout = aiohttp.ClientTimeout(total=min(30.0, max(2.0, poll_s)), sock_connect=min(5.0, poll_s))
-        feed.last_fetch_at = time.time()
-        feed.fetches += 1
-        try:
-            # A session per poll: one request every few seconds, and nothing to close at shutdown.
-            async with aiohttp.ClientSession(trust_env=False, timeout=timeout) as session, \
-                    session.get(feed.url, headers=headers) as response:
-                feed.last_status = response.status
-                if response.status == 304:
-                    feed.not_modified += 1
-                    self._ok(feed)
-                    return
-                if response.status != 200:
-                    self._failed(feed, f"HTTP {response.status} {response.reason or ''}".strip())
-                    return
-                body = await response.content.read(MAX_FEED_BYTES + 1)
-                etag, last_modified = response.headers.get("ETag"), response.headers.get("Last-Modified")
-        except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
-            self._failed(feed, _describe(exc))
+        forced = feed.force
+        answer = await fetch(feed, max(1, ctx.options.gateway_rules_poll))
+        offer = feed.offer(answer, len(self.rules.remote_sources), forced)
+        if offer is None:
             return
-        if len(body) > MAX_FEED_BYTES:
-            self._failed(feed, f"body larger than {MAX_FEED_BYTES // (1024 * 1024)} MiB")
-            return
-        try:
-            text = body.decode("utf-8-sig")
-        except UnicodeDecodeError:
-            self._failed(feed, "body is not UTF-8 text")
-            return
-        digest = hashlib.sha256(body).hexdigest()[:16]
-        documents = [(f"{feed.shown}#{i}", doc) for i, doc in enumerate(split_documents(text), 1)]
-        if not documents and self.rules.remote_sources:
-            # More likely a feed emptied by mistake than an intent to drop every remote rule at once.
-            self._failed(feed, f"the feed is empty; keeping the {len(self.rules.remote_sources)} "
-                               "document(s) in force (unset gateway_rules_url to drop them)")
-            return
-        feed.etag, feed.last_modified = etag, last_modified
-        self._ok(feed)
-        if digest == feed.digest:
-            feed.in_force = "feed"  # the saved copy in force is what the feed serves now
-            return  # the server ignores validators, or answered 200 with what is in force
-        if digest == feed.rejected_digest and not forced:
-            return  # already refused; logged then, shown in /status since
-        if await self._try_remote(documents, digest, f"remote rules from {feed.shown}"):
-            log.info("gateway: remote rules from %s in force: %d document(s)", feed.shown, len(documents))
+        if await self._try_remote(offer.documents, offer.digest, f"remote rules from {feed.shown}"):
+            log.info("gateway: remote rules from %s in force: %d document(s)", feed.shown, len(offer.documents))
             feed.in_force = "feed"
-            await self._save_cache(feed, text)
+            await self._save_cache(feed, offer.text)
         else:
             log.warning("gateway: remote rules from %s refused (see the problems above); the rules in force "
                         "stay", feed.shown)
 
-    def _ok(self, feed: RemoteFeed) -> None:
-        if feed.last_error is not None:
-            log.warning("gateway: remote rules from %s reachable again", feed.shown)
-        feed.last_error = None
-        feed.last_ok_at = time.time()
-
-    def _failed(self, feed: RemoteFeed, error: str) -> None:
-        error = feed.scrub(error)
-        feed.failures += 1
-        if error != feed.last_error:
-            # WARNING, not ERROR: an unreachable feed is not a broken gateway (and an ERROR during
-            # mitmproxy's start would make it exit), the rules in force keep serving.
-            log.warning("gateway: remote rules from %s not fetched: %s; keeping the %d document(s) in force",
-                        feed.shown, error, len(feed.documents))
-        feed.last_error = error
-
     def remote_status(self) -> dict[str, Any] | None:
-        feed = self.feed
-        if not feed.url:
-            return None
-        return {
-            "url": feed.shown,
-            "poll_s": _poll_interval(),
-            "ok": feed.last_error is None and feed.rejected is None,
-            "in_force": feed.in_force,
-            "cache": {"path": feed.cache_path or None, "saved_at": _ts(feed.cache_saved_at),
-                      "error": feed.cache_error},
-            "documents": list(feed.documents),
-            "etag": feed.etag,
-            "last_modified": feed.last_modified,
-            "last_status": feed.last_status,
-            "last_error": feed.last_error,
-            "rejected": list(feed.rejected_problems),
-            "last_fetch_at": _ts(feed.last_fetch_at),
-            "last_ok_at": _ts(feed.last_ok_at),
-            "last_change_at": _ts(feed.last_change_at),
-            "fetches": feed.fetches,
-            "not_modified": feed.not_modified,
-            "failures": feed.failures,
-        }
+        return self.feed.status(_poll_interval())
 
 
 async def _startup_checked(limit: float = 5.0) -> None:
@@ -553,11 +407,8 @@ def _same_directory(directory: str, inode: int) -> bool:
         return False
 
 
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, TimeoutError | asyncio.TimeoutError):
-        return "timed out"
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+def _change_reason(names: list[str]) -> str:
+    return "file change: " + ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
 
 
 def _poll_interval() -> int | None:
@@ -565,7 +416,3 @@ def _poll_interval() -> int | None:
         return int(ctx.options.gateway_rules_poll)
     except (AttributeError, KeyError):
         return None
-
-
-def _ts(value: float | None) -> str | None:
-    return rfc3339(value)

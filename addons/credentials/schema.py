@@ -8,7 +8,7 @@ from urllib.parse import urlsplit
 from pydantic import AfterValidator, Field, model_validator
 
 from addons.rules.fields import Duration, Model, Secret
-from addons.signing.wechatpay_v3.schema import WechatPayV3Credentials
+from addons.signing.wechatpay_v3.schema import WechatPayV3Credentials as WechatPayV3Credentials
 
 
 def _check_token_url(value: str) -> str:

@@ -26,26 +26,31 @@ storm. The failure is also written to the store, so the other instances back off
 
 Neither the configured secret nor a token is ever written to a log, an error message or a repr:
 fetched tokens are registered with the gateway's redactor, and error details are scrubbed of the
-secret before they leave this module."""
+secret before they leave this module.
+
+This module is the machinery both share: `Token` (a token and its times), `Backoff`, `TokenStore`
+(the store, the fleet lock and the failure marker) and `TokenCredential`. The provider specifics are
+in `wechat_token.py` and `oauth2_token.py`; what the credential gets from the running gateway is the
+`TokenServices` it is built with (`services.py`)."""
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import contextvars
 import hashlib
 import json
 import logging
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, NoReturn
+from typing import NoReturn
 from urllib.parse import quote, quote_plus
 
 import aiohttp
-from yarl import URL
+from pydantic import SecretStr
 
-from addons.credentials.schema import OAuth2ClientCredentials, WechatTokenCredentials
+from addons.credentials.services import TokenServices
+from addons.credentials.token_fetch import Fetched, FetchFailed
 from addons.errors import Code, GatewayError
 from addons.outbound import OutboundRequest
 from addons.state.base import StateStore, StateUnavailable
@@ -53,36 +58,9 @@ from addons.state.memory import MemoryStore
 
 log = logging.getLogger("gateway")
 
-# What an app's own call to WeChat's token endpoint gets. Not a secret and not a token: the gateway
-# replaces whatever access_token the app sends, so SDKs (wechatpy) only need *something* to send.
-PLACEHOLDER_TOKEN = "gateway-managed-token-placeholder-the-gateway-injects-the-real-access-token"
-PLACEHOLDER_BODY = json.dumps({"access_token": PLACEHOLDER_TOKEN, "expires_in": 7200}).encode()
-WECHAT_TOKEN_PATHS = frozenset({"/cgi-bin/token", "/cgi-bin/stable_token"})
-
-# WeChat errcodes that mean "this access_token is not valid": invalid, malformed, expired.
-WECHAT_TOKEN_INVALID = frozenset({"40001", "40014", "42001"})
-# What the usual token-fetch errcodes mean, for the log line of a failed fetch.
-WECHAT_FETCH_HINTS = {
-    40001: "AppSecret wrong or not matching the appid",
-    40002: "invalid grant_type",
-    40013: "invalid appid",
-    40125: "invalid AppSecret",
-    40164: "the gateway's IP address is not on the account's IP whitelist",
-    41004: "AppSecret missing",
-    89503: "the gateway's IP address needs the account administrator's confirmation",
-    -1: "WeChat system busy",
-}
-
-MAX_TOKEN_BODY = 64 * 1024  # a token answer is a few hundred bytes; anything far larger is not one
 BACKOFF_START = 1.0  # seconds of fail-fast after the first failed fetch, doubling per failure
 BACKOFF_MAX = 60.0
 POLL_INTERVAL = 0.05  # how often an instance waiting for another's refresh reads the store
-
-# The token each call injected, so refresh() knows which token the provider rejected even when other
-# calls have refreshed in between. apply() and refresh() run in the same task (forward() awaits both),
-# so the value set by apply() is the one refresh() reads. Keyed by credential object identity.
-_APPLIED: contextvars.ContextVar[tuple[int, str] | None] = contextvars.ContextVar("gateway_token_applied",
-                                                                                  default=None)
 
 
 @dataclass(frozen=True)
@@ -123,83 +101,156 @@ class Token:
         return cls.make(value, issued, expires - issued, refresh_before)
 
 
-class FetchFailed(Exception):
-    """A token fetch that did not give a token; `detail` is for the log (scrubbed of the secret)."""
+@dataclass
+class Backoff:
+    """Fail-fast after failed fetches: `start` seconds doubling to `limit`, per consecutive failure."""
 
-    def __init__(self, detail: str) -> None:
-        super().__init__(detail)
+    start: float = BACKOFF_START
+    limit: float = BACKOFF_MAX
+    failures: int = 0  # consecutive failed fetches (here or, through the store, elsewhere)
+    retry_at: float = 0.0  # clock value before which no fetch is tried
+    detail: str = ""  # why the last fetch failed, for the calls failed meanwhile
+
+    def failed(self, now: float, detail: str) -> float:
+        """Record a failure; the window it opens, in seconds."""
+        self.failures += 1
+        window = min(self.limit, self.start * 2.0 ** (self.failures - 1))
+        self.retry_at = now + window
+        self.detail = detail
+        return window
+
+    def succeeded(self) -> None:
+        self.failures = 0
+        self.retry_at = 0.0
+
+    def join(self, failures: int, until: float, detail: str) -> None:
+        """Back off with another instance's failure."""
+        self.failures = max(self.failures, failures)
+        self.retry_at = max(self.retry_at, until)
         self.detail = detail
 
-
-@dataclass(frozen=True)
-class Fetched:
-    value: str = field(repr=False)
-    lifetime: float  # seconds
-    token_type: str | None = None
+    def waiting(self, now: float) -> float:
+        """Seconds left of the window; 0 or less when a fetch may be tried."""
+        return self.retry_at - now
 
 
-def _clip(text: str, limit: int = 200) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+class TokenStore:
+    """A token's entries in the state store: the token, the fleet lock and the failure marker.
 
+    Every operation tolerates an unreachable store (`StateUnavailable`): a token not shared is still
+    a token, and a lock that cannot be taken means fetching alone."""
 
-def _lifetime(value: Any, default: float) -> float:
-    """`expires_in` as seconds: a number or a numeric string (some servers send "3600"); else default."""
-    if isinstance(value, bool):
-        return default
-    try:
-        seconds = float(value)
-    except (TypeError, ValueError):
-        return default
-    return seconds if 0 < seconds < 10 * 365 * 86400 else default
+    def __init__(self, services: TokenServices, key: str, secret: SecretStr, lock_ttl: float,
+                 refresh_before: float) -> None:
+        self._services = services
+        self.key = key
+        # Per secret: after a wrong secret is corrected, the new rules do not inherit its backoff.
+        digest = hashlib.sha256(secret.get_secret_value().encode()).hexdigest()[:12]
+        self.fail_key = f"{key}:failed:{digest}"
+        self._lock_ttl = lock_ttl
+        self._refresh_before = refresh_before
+        self._private: MemoryStore | None = None
 
+    def _store(self) -> StateStore:
+        store = self._services.store()
+        if store is None:
+            if self._private is None:
+                self._private = MemoryStore()
+            store = self._private
+        return store
 
-def _json_object(body: bytes) -> dict[str, Any]:
-    try:
-        data = json.loads(body.decode("utf-8-sig"))
-    except (ValueError, UnicodeDecodeError):
-        raise FetchFailed(f"token endpoint answer is not JSON: {_clip(body[:200].decode('utf-8', 'replace'))!r}"
-                          ) from None
-    if not isinstance(data, dict):
-        raise FetchFailed(f"token endpoint answered a JSON {type(data).__name__}, not an object")
-    return data
+    async def load(self) -> Token | None:
+        try:
+            raw = await self._store().get(self.key)
+        except StateUnavailable:
+            return None
+        return Token.decode(raw, self._refresh_before)
+
+    async def save(self, token: Token, ttl: float) -> None:
+        try:
+            await self._store().set(self.key, token.encode(), ttl)
+        except StateUnavailable as exc:
+            log.warning("gateway: %s: new token not shared with other instances (state store: %s)",
+                        self._services.service, exc)
+
+    async def acquire(self) -> str | None:
+        """The fleet lock's token; None while another instance holds it; "" without a store."""
+        try:
+            return await self._store().acquire(self.key, self._lock_ttl)
+        except StateUnavailable:
+            # No shared store to coordinate through: fetch alone (the FallbackStore normally
+            # degrades to a local lock before this happens).
+            return ""
+
+    async def release(self, lock: str) -> None:
+        if not lock:
+            return
+        try:
+            await self._store().release(self.key, lock)
+        except StateUnavailable:
+            pass  # the lock runs out at its TTL
+
+    async def mark_failed(self, backoff: Backoff, window: float) -> None:
+        marker = {"n": backoff.failures, "until": backoff.retry_at, "detail": backoff.detail}
+        try:
+            await self._store().set(self.fail_key, json.dumps(marker).encode(), window)
+        except StateUnavailable:
+            pass  # the other instances find out for themselves, then back off too
+
+    async def fleet_failure(self) -> tuple[int, float, str] | None:
+        """Another instance's recorded failure: (failures, until, detail), or None."""
+        try:
+            raw = await self._store().get(self.fail_key)
+        except StateUnavailable:
+            return None
+        if not raw:
+            return None
+        try:
+            marker = json.loads(raw)
+            return int(marker["n"]), float(marker["until"]), str(marker["detail"])
+        except (ValueError, KeyError, TypeError):
+            return None
+
+    async def close(self) -> None:
+        if self._private is not None:
+            await self._private.close()
 
 
 class TokenCredential:
     """What WeChat and OAuth2 share: caching, the fleet lock, backoff, metrics, redaction.
 
     Subclasses say how to fetch (`_fetch`), how to inject (`_inject`), which answers mean the token
-    was rejected (`rejected`) and under which store key the token lives (`key`)."""
+    was rejected (`rejected`), under which store key the token lives (`key`) and which secret must
+    never leave (`secret`)."""
 
     kind = "token"
     default_lifetime = 3600.0
 
-    def __init__(self, spec: WechatTokenCredentials | OAuth2ClientCredentials, context: Any, *,
+    def __init__(self, secret: SecretStr, timeout: float, refresh_before: float, services: TokenServices, *,
                  clock: Callable[[], float] = time.time, poll_interval: float = POLL_INTERVAL,
                  backoff_start: float = BACKOFF_START, backoff_max: float = BACKOFF_MAX) -> None:
-        self.spec = spec
-        self.service: str = context.service
-        self._gw = getattr(context, "gw", None)
+        self.services = services
+        self.service = services.service
+        self._secret = secret
         self._clock = clock  # wall clock: token times are shared with other instances through the store
         self._poll = poll_interval
-        self._backoff_start = backoff_start
-        self._backoff_max = backoff_max
-        self._timeout = float(spec.timeout)
-        self._refresh_before = float(spec.refresh_before)
+        self._timeout = timeout
+        self._refresh_before = refresh_before
         # A holder that crashed mid-fetch blocks the fleet for at most this long.
-        self._lock_ttl = self._timeout + 5.0
+        lock_ttl = self._timeout + 5.0
         # Waiting for another instance's refresh: its fetch, plus the time to take over a dead holder's lock.
-        self._wait_timeout = self._lock_ttl + 1.0
+        self._wait_timeout = lock_ttl + 1.0
+        self._backoff = Backoff(backoff_start, backoff_max)
+        self._shared = TokenStore(services, self.key, secret, lock_ttl, refresh_before)
         self._token: Token | None = None
         self._rejected: str | None = None  # the last value a provider called invalid: never adopted again
         self._lock = asyncio.Lock()
         self._background: asyncio.Task[None] | None = None
-        self._failures = 0  # consecutive failed fetches (here or, through the store, elsewhere)
-        self._retry_at = 0.0  # clock() before which no fetch is tried
-        self._last_detail = ""
         self._registered: str | None = None  # last value handed to the redactor
-        self._private_store: MemoryStore | None = None
-        self._secret = spec.secret if isinstance(spec, WechatTokenCredentials) else spec.client_secret
+        # The token each call injected, so refresh() knows which token the provider rejected even when
+        # other calls have refreshed in between. A call's apply() and refresh() run in its one task
+        # (the forwarder awaits both); weak, so a finished call's entry goes with its task.
+        self._applied: weakref.WeakKeyDictionary[asyncio.Task[object], str] = weakref.WeakKeyDictionary()
 
     # -- what subclasses define -----------------------------------------------------------------
 
@@ -226,14 +277,15 @@ class TokenCredential:
         if token is None or self._clock() >= token.refresh_at:
             token = await self._current()
         self._inject(req, token.value)
-        _APPLIED.set((id(self), token.value))
+        task = asyncio.current_task()
+        if task is not None:
+            self._applied[task] = token.value
 
     async def refresh(self) -> None:
-        applied = _APPLIED.get()
-        if applied is not None and applied[0] == id(self):
-            stale: str | None = applied[1]
-        else:
-            stale = self._token.value if self._token is not None else None
+        task = asyncio.current_task()
+        stale = self._applied.pop(task, None) if task is not None else None
+        if stale is None and self._token is not None:
+            stale = self._token.value
         if stale is not None:
             # Known bad: no call in this process sends it again, and it is not re-adopted from the store.
             self._rejected = stale
@@ -260,8 +312,7 @@ class TokenCredential:
                 await task
             except (asyncio.CancelledError, Exception):
                 pass
-        if self._private_store is not None:
-            await self._private_store.close()
+        await self._shared.close()
 
     # -- getting a token ------------------------------------------------------------------------
 
@@ -283,7 +334,7 @@ class TokenCredential:
     def _renew_soon(self) -> None:
         if self._background is not None and not self._background.done():
             return
-        if self._clock() < self._retry_at:
+        if self._backoff.waiting(self._clock()) > 0:
             return  # backing off after a failure; the token in hand is still usable
         self._background = asyncio.get_running_loop().create_task(self._renew_in_background())
 
@@ -299,108 +350,87 @@ class TokenCredential:
         except Exception as exc:
             log.error("gateway: %s: background token renewal failed: %s", self.service, type(exc).__name__)
 
-    def _acceptable(self, token: Token | None, stale: str | None, need_fresh: bool) -> bool:
+    async def _stored(self, stale: str | None, need_fresh: bool) -> Token | None:
+        """The token in the store, when it is one this call may use: not `stale`, not rejected, and
+        not expired (with `need_fresh`: not yet due for refresh either)."""
+        token = await self._shared.load()
         if token is None or token.value == stale or token.value == self._rejected:
-            return False
-        now = self._clock()
-        return now < (token.refresh_at if need_fresh else token.usable_until)
+            return None
+        if self._clock() >= (token.refresh_at if need_fresh else token.usable_until):
+            return None
+        return self._adopt(token)
 
     async def _renew(self, stale: str | None, *, need_fresh: bool) -> Token:
         """Called with self._lock held. Adopt a token another instance stored, or fetch one while
         holding the fleet lock. `stale` is never accepted (the due, expired or rejected token);
         `need_fresh` asks for one not yet due for refresh (renewal ahead of expiry)."""
-        stored = await self._load()
-        if self._acceptable(stored, stale, need_fresh):
-            return self._adopt(stored)  # type: ignore[arg-type]
+        stored = await self._stored(stale, need_fresh)
+        if stored is not None:
+            return stored
         self._fail_if_backing_off()
         await self._fail_if_fleet_backing_off()
         deadline = time.monotonic() + self._wait_timeout
         while True:
-            lock = await self._acquire()
+            lock = await self._shared.acquire()
             if lock is not None:
                 try:
                     # The previous holder may have stored a token between our read and our lock.
-                    stored = await self._load()
-                    if self._acceptable(stored, stale, need_fresh):
-                        return self._adopt(stored)  # type: ignore[arg-type]
-                    return await self._fetch_and_store()
+                    return await self._stored(stale, need_fresh) or await self._fetch_and_store()
                 finally:
-                    await self._release(lock)
+                    await self._shared.release(lock)
             # Another instance is fetching: wait for its token rather than invalidating it with ours.
             if time.monotonic() >= deadline:
-                self._last_detail = (f"timed out after {self._wait_timeout:.3g}s waiting for another gateway "
-                                     "instance to refresh the token")
-                raise self._error(self._last_detail)
+                self._backoff.detail = (f"timed out after {self._wait_timeout:.3g}s waiting for another "
+                                        "gateway instance to refresh the token")
+                raise self._error(self._backoff.detail)
             await asyncio.sleep(self._poll)
-            stored = await self._load()
-            if self._acceptable(stored, stale, need_fresh):
-                return self._adopt(stored)  # type: ignore[arg-type]
+            stored = await self._stored(stale, need_fresh)
+            if stored is not None:
+                return stored
             await self._fail_if_fleet_backing_off()
 
     async def _fetch_and_store(self) -> Token:
         issued = self._clock()
         try:
             async with asyncio.timeout(self._timeout):
-                fetched = await self._fetch(self._session())
+                fetched = await self._fetch(self.services.http())
         except FetchFailed as exc:
             await self._fetch_failed(self._scrub(exc.detail))
         except TimeoutError:
             await self._fetch_failed(f"token endpoint did not answer within {self._timeout:.3g}s")
         except (aiohttp.ClientError, OSError, ValueError) as exc:
             await self._fetch_failed(self._scrub(f"token endpoint unreachable: {type(exc).__name__}: {exc}"))
-        self._count("success")
-        self._failures = 0
-        self._retry_at = 0.0
+        self.services.token_refreshed("success")
+        self._backoff.succeeded()
         token = Token.make(fetched.value, issued, fetched.lifetime, self._refresh_before)
         self._adopt(token)
-        try:
-            await self._store().set(self.key, token.encode(), max(1.0, token.expires_at - self._clock()))
-        except StateUnavailable as exc:
-            log.warning("gateway: %s: new token not shared with other instances (state store: %s)",
-                        self.service, exc)
+        await self._shared.save(token, max(1.0, token.expires_at - self._clock()))
         log.info("gateway: %s: fetched a new %s (valid %ds)", self.service, self.kind, int(fetched.lifetime))
         return token
 
     async def _fetch_failed(self, detail: str) -> NoReturn:
         """Count, log and back off after a failed fetch; raises the call's -1002."""
-        self._count("error")
-        self._failures += 1
-        window = min(self._backoff_max, self._backoff_start * 2 ** (self._failures - 1))
-        now = self._clock()
-        self._retry_at = now + window
-        self._last_detail = detail
+        self.services.token_refreshed("error")
+        window = self._backoff.failed(self._clock(), detail)
         log.warning("gateway: %s: %s fetch failed (%s); not retried for %.3gs", self.service, self.kind,
                     detail, window)
-        marker = json.dumps({"n": self._failures, "until": now + window, "detail": detail}).encode()
-        try:
-            await self._store().set(self._fail_key, marker, window)
-        except StateUnavailable:
-            pass  # the other instances find out for themselves, then back off too
+        await self._shared.mark_failed(self._backoff, window)
         raise self._error(detail)
 
     def _fail_if_backing_off(self) -> None:
-        wait = self._retry_at - self._clock()
+        wait = self._backoff.waiting(self._clock())
         if wait > 0:
-            raise self._error(f"{self._last_detail}; token endpoint not asked again for another {wait:.3g}s")
+            raise self._error(f"{self._backoff.detail}; token endpoint not asked again for another {wait:.3g}s")
 
     async def _fail_if_fleet_backing_off(self) -> None:
         """Another instance's fetch just failed: back off with it instead of failing once more ourselves."""
-        try:
-            raw = await self._store().get(self._fail_key)
-        except StateUnavailable:
+        failure = await self._shared.fleet_failure()
+        if failure is None:
             return
-        if not raw:
-            return
-        try:
-            marker = json.loads(raw)
-            failures, until, detail = int(marker["n"]), float(marker["until"]), str(marker["detail"])
-        except (ValueError, KeyError, TypeError):
-            return
+        failures, until, detail = failure
         if until <= self._clock():
             return
-        self._failures = max(self._failures, failures)
-        self._retry_at = max(self._retry_at, until)
-        self._last_detail = f"{detail} (on another gateway instance)"
+        self._backoff.join(failures, until, f"{detail} (on another gateway instance)")
         self._fail_if_backing_off()
 
     def _error(self, detail: str) -> GatewayError:
@@ -412,61 +442,8 @@ class TokenCredential:
         self._token = token
         if token.value != self._registered:
             self._registered = token.value
-            compiled = getattr(self._gw, "compiled", None)
-            redactor = getattr(compiled, "redactor", None)
-            if redactor is not None:
-                redactor.add_secret(token.value)
+            self.services.add_secret(token.value)
         return token
-
-    # -- the shared parts: store, lock, session, metrics ----------------------------------------
-
-    @property
-    def _fail_key(self) -> str:
-        # Per secret: after a wrong secret is corrected, the new rules do not inherit its backoff.
-        digest = hashlib.sha256(self._secret.get_secret_value().encode()).hexdigest()[:12]
-        return f"{self.key}:failed:{digest}"
-
-    def _store(self) -> StateStore:
-        store: StateStore | None = getattr(self._gw, "store", None)
-        if store is None:
-            if self._private_store is None:
-                self._private_store = MemoryStore()
-            store = self._private_store
-        return store
-
-    async def _load(self) -> Token | None:
-        try:
-            raw = await self._store().get(self.key)
-        except StateUnavailable:
-            return None
-        return Token.decode(raw, self._refresh_before)
-
-    async def _acquire(self) -> str | None:
-        try:
-            return await self._store().acquire(self.key, self._lock_ttl)
-        except StateUnavailable:
-            # No shared store to coordinate through: fetch alone (the FallbackStore normally
-            # degrades to a local lock before this happens).
-            return ""
-
-    async def _release(self, lock: str) -> None:
-        if not lock:
-            return
-        try:
-            await self._store().release(self.key, lock)
-        except StateUnavailable:
-            pass  # the lock runs out at its TTL
-
-    def _session(self) -> aiohttp.ClientSession:
-        if self._gw is None:
-            raise FetchFailed("no HTTP client available")
-        session: aiohttp.ClientSession = self._gw.http()
-        return session
-
-    def _count(self, result: str) -> None:
-        metrics = getattr(self._gw, "metrics", None)
-        if metrics is not None:
-            metrics.token_refreshed(self.service, result)
 
     def _scrub(self, text: str) -> str:
         """The secret out of a detail (an exception text may quote the URL that carried it)."""
@@ -476,148 +453,3 @@ class TokenCredential:
         for form in {secret, quote(secret, safe=""), quote_plus(secret)}:
             text = text.replace(form, "***")
         return text
-
-    async def _read(self, resp: aiohttp.ClientResponse) -> bytes:
-        body = await resp.content.read(MAX_TOKEN_BODY + 1)
-        if len(body) > MAX_TOKEN_BODY:
-            raise FetchFailed(f"token endpoint answer larger than {MAX_TOKEN_BODY} bytes")
-        from addons.upstream.forwarder import decode_body
-
-        try:
-            return decode_body(resp.headers, body)
-        except (ValueError, OSError, EOFError):
-            raise FetchFailed(f"token endpoint answer has a bad content-encoding "
-                              f"{resp.headers.get('content-encoding')!r}") from None
-
-
-class WechatToken(TokenCredential):
-    """`wechat_token`: GET {token_url}?grant_type=client_credential&appid=..&secret=.., injected as
-    the `access_token` query parameter."""
-
-    kind = "WeChat access_token"
-    default_lifetime = 7200.0
-
-    def __init__(self, spec: WechatTokenCredentials, context: Any, **kwargs: Any) -> None:
-        super().__init__(spec, context, **kwargs)
-        self.wechat = spec
-        base = str(getattr(context, "upstream_url", "") or "").rstrip("/")
-        self.token_url = spec.token_url or f"{base}/cgi-bin/token"
-
-    @property
-    def key(self) -> str:
-        # Per appid, not per service: WeChat issues one valid token per appid, so two services using
-        # the same appid (a second rule, a staging copy on the same Redis) must share it, not fight.
-        return f"token:wechat:{self.wechat.app_id}"
-
-    async def _fetch(self, session: aiohttp.ClientSession) -> Fetched:
-        url = URL(self.token_url).update_query(
-            grant_type="client_credential", appid=self.wechat.app_id, secret=self.wechat.secret.get_secret_value())
-        async with session.get(url, headers={"Accept": "application/json", "Accept-Encoding": "identity"},
-                               timeout=aiohttp.ClientTimeout(total=self._timeout), allow_redirects=False) as resp:
-            body = await self._read(resp)
-            status = resp.status
-        if status != 200:
-            raise FetchFailed(f"token endpoint answered HTTP {status}: {_clip(body[:200].decode('utf-8', 'replace'))}")
-        data = _json_object(body)
-        errcode = data.get("errcode")
-        if errcode not in (None, 0, "0"):
-            hint = WECHAT_FETCH_HINTS.get(errcode) if isinstance(errcode, int) else None
-            errmsg = _clip(str(data.get("errmsg", "")), 120)
-            raise FetchFailed(f"token endpoint answered errcode {errcode} ({errmsg})" + (f": {hint}" if hint else ""))
-        value = data.get("access_token")
-        if not isinstance(value, str) or not value:
-            raise FetchFailed("token endpoint answer has no access_token")
-        return Fetched(value, _lifetime(data.get("expires_in"), self.default_lifetime))
-
-    def _inject(self, req: OutboundRequest, value: str) -> None:
-        req.set_query("access_token", value)
-
-    def rejected(self, status: int, provider_code: str | None) -> bool:
-        return provider_code in WECHAT_TOKEN_INVALID
-
-    def local_answer(self, path: str, http_method: str) -> bytes | None:
-        # The app's own token request never reaches WeChat: each would invalidate the gateway's token
-        # (and the app does not hold the secret any more anyway).
-        if path.rstrip("/") in WECHAT_TOKEN_PATHS:
-            return PLACEHOLDER_BODY
-        return None
-
-
-class OAuth2Token(TokenCredential):
-    """`oauth2_client_credentials` (RFC 6749 4.4), injected as `Authorization: Bearer`."""
-
-    kind = "OAuth2 access token"
-    default_lifetime = 3600.0  # RFC 6749 5.1: expires_in is only RECOMMENDED
-
-    def __init__(self, spec: OAuth2ClientCredentials, context: Any, **kwargs: Any) -> None:
-        super().__init__(spec, context, **kwargs)
-        self.oauth = spec
-        self._warned_type = False
-
-    @property
-    def key(self) -> str:
-        ident = f"{self.oauth.token_url}\n{self.oauth.client_id}\n{self.oauth.scope or ''}"
-        return f"token:oauth2:{hashlib.sha256(ident.encode()).hexdigest()[:16]}"
-
-    def request_parts(self) -> tuple[dict[str, str], dict[str, str]]:
-        """The form fields and headers of a token request (RFC 6749 4.4.2 and 2.3.1)."""
-        form = {"grant_type": "client_credentials"}
-        if self.oauth.scope:
-            form["scope"] = self.oauth.scope
-        headers = {"Accept": "application/json", "Accept-Encoding": "identity"}
-        secret = self.oauth.client_secret.get_secret_value()
-        if self.oauth.auth_method == "client_secret_basic":
-            # 2.3.1: id and secret are form-urlencoded first, then joined by ":" and base64-encoded.
-            pair = f"{quote_plus(self.oauth.client_id)}:{quote_plus(secret)}"
-            headers["Authorization"] = "Basic " + base64.b64encode(pair.encode()).decode("ascii")
-        else:
-            form["client_id"] = self.oauth.client_id
-            form["client_secret"] = secret
-        return form, headers
-
-    async def _fetch(self, session: aiohttp.ClientSession) -> Fetched:
-        form, headers = self.request_parts()
-        async with session.post(self.oauth.token_url, data=form, headers=headers,
-                                timeout=aiohttp.ClientTimeout(total=self._timeout), allow_redirects=False) as resp:
-            body = await self._read(resp)
-            status = resp.status
-        if not 200 <= status < 300:
-            detail = f"token endpoint answered HTTP {status}"
-            try:
-                data = _json_object(body)
-            except FetchFailed:
-                text = _clip(body[:200].decode("utf-8", "replace"))
-                raise FetchFailed(f"{detail}: {text}" if text else detail) from None
-            if "error" in data:  # RFC 6749 5.2
-                description = data.get("error_description")
-                detail += f": error={_clip(str(data['error']), 80)}"
-                if description:
-                    detail += f" ({_clip(str(description), 120)})"
-            raise FetchFailed(detail)
-        data = _json_object(body)
-        value = data.get("access_token")
-        if not isinstance(value, str) or not value:
-            raise FetchFailed("token endpoint answer has no access_token")
-        token_type = data.get("token_type")
-        if isinstance(token_type, str) and token_type.lower() != "bearer" and not self._warned_type:
-            self._warned_type = True
-            log.warning("gateway: %s: token endpoint issued token_type %r; sending it as a Bearer token",
-                        self.service, _clip(token_type, 40))
-        return Fetched(value, _lifetime(data.get("expires_in"), self.default_lifetime),
-                       token_type if isinstance(token_type, str) else None)
-
-    def _inject(self, req: OutboundRequest, value: str) -> None:
-        req.headers.popall("Authorization", None)
-        req.headers["Authorization"] = f"Bearer {value}"
-
-    def rejected(self, status: int, provider_code: str | None) -> bool:
-        # RFC 6750 3.1: invalid_token comes with 401. A 403 (insufficient_scope) is not fixed by a refresh.
-        return status == 401
-
-
-def make_token_credential(spec: object, context: Any) -> TokenCredential:
-    if isinstance(spec, WechatTokenCredentials):
-        return WechatToken(spec, context)
-    if isinstance(spec, OAuth2ClientCredentials):
-        return OAuth2Token(spec, context)
-    raise ValueError(f"unknown credentials type {getattr(spec, 'type', spec)!r}")

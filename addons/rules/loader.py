@@ -131,6 +131,17 @@ def _substitute(value: str, env: Mapping[str, str], missing: list[str]) -> str:
 def _build(loader: yaml.SafeLoader, node: yaml.Node, path: PathKey, doc: _Document,
            env: Mapping[str, str], budget: _Budget, aliased: bool = False) -> Any:
     line = node.start_mark.line + 1
+    aliased = _spend(budget, node, line, path, aliased)
+    doc.lines[path] = line
+    if isinstance(node, yaml.MappingNode):
+        return _build_mapping(loader, node, path, doc, env, budget, aliased)
+    if isinstance(node, yaml.SequenceNode):
+        return [_build(loader, item, (*path, i), doc, env, budget, aliased) for i, item in enumerate(node.value)]
+    return _build_scalar(loader, node, line, path, doc, env)
+
+
+def _spend(budget: _Budget, node: yaml.Node, line: int, path: PathKey, aliased: bool) -> bool:
+    """Count one value against the document's limits; whether it is reached through an alias."""
     budget.values += 1
     if not aliased and id(node) in budget.seen:
         aliased = True
@@ -143,23 +154,28 @@ def _build(loader: yaml.SafeLoader, node: yaml.Node, path: PathKey, doc: _Docume
         raise _BadNode(line, f"document too large: more than {MAX_VALUES} values")
     if len(path) > MAX_DEPTH:
         raise _BadNode(line, f"nested deeper than {MAX_DEPTH} levels (a recursive alias?)")
-    doc.lines[path] = line
-    if isinstance(node, yaml.MappingNode):
-        result: dict[Any, Any] = {}
-        for key_node, value_node in node.value:
-            if not isinstance(key_node, yaml.ScalarNode):
-                raise _BadNode(key_node.start_mark.line + 1, "a key must be a plain value, not a list or mapping")
-            key = loader.construct_object(key_node, deep=True)
-            if isinstance(key, bool) and isinstance(key_node, yaml.ScalarNode):
-                key = key_node.value  # YAML 1.1 reads a key `on:` as True; retry.on means the word
-            if isinstance(key, str):
-                key = _substitute(key, env, [])
-            if key in result:
-                raise _DuplicateKey(key_node.start_mark.line + 1, key)
-            result[key] = _build(loader, value_node, (*path, key), doc, env, budget, aliased)
-        return result
-    if isinstance(node, yaml.SequenceNode):
-        return [_build(loader, item, (*path, i), doc, env, budget, aliased) for i, item in enumerate(node.value)]
+    return aliased
+
+
+def _build_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, path: PathKey, doc: _Document,
+                   env: Mapping[str, str], budget: _Budget, aliased: bool) -> dict[Any, Any]:
+    result: dict[Any, Any] = {}
+    for key_node, value_node in node.value:
+        if not isinstance(key_node, yaml.ScalarNode):
+            raise _BadNode(key_node.start_mark.line + 1, "a key must be a plain value, not a list or mapping")
+        key = loader.construct_object(key_node, deep=True)
+        if isinstance(key, bool):
+            key = key_node.value  # YAML 1.1 reads a key `on:` as True; retry.on means the word
+        if isinstance(key, str):
+            key = _substitute(key, env, [])
+        if key in result:
+            raise _DuplicateKey(key_node.start_mark.line + 1, key)
+        result[key] = _build(loader, value_node, (*path, key), doc, env, budget, aliased)
+    return result
+
+
+def _build_scalar(loader: yaml.SafeLoader, node: yaml.Node, line: int, path: PathKey, doc: _Document,
+                  env: Mapping[str, str]) -> Any:
     value = loader.construct_object(node, deep=True)
     if isinstance(value, bool) and isinstance(node, yaml.ScalarNode) and node.value.lower() not in ("true", "false"):
         # YAML 1.1 reads on/off/yes/no as booleans: a service named `off` must stay a name. Boolean

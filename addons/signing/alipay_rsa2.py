@@ -195,26 +195,7 @@ class AlipayRsa2Signer:
         return GatewayError(Code.CALLER_INVALID, f"{self._name}: {message}")
 
     def sign(self, req: OutboundRequest, now: float) -> None:
-        form = _is_form(req)
-        # The form body may be in the request's charset (GBK), not UTF-8, and which charset it is
-        # is only known after reading the `charset` parameter: decode via latin-1 first, which
-        # maps every byte to itself, and decode the real charset afterwards.
-        raw_body_pairs = [
-            (k.encode("latin-1"), v.encode("latin-1"))
-            for k, v in parse_qsl(req.body.decode("latin-1"), keep_blank_values=True, encoding="latin-1")
-        ] if form and req.body else []
-        charset = _first(req.query, "charset")
-        if not charset:
-            charset = next((v.decode("ascii", "replace") for k, v in raw_body_pairs if k == b"charset"), None)
-        codec = charset or "utf-8"
-        try:
-            codecs.lookup(codec)
-        except LookupError:
-            raise self._caller_error(f"unknown charset {codec[:40]!r}") from None
-        try:
-            body_pairs = [(k.decode(codec), v.decode(codec)) for k, v in raw_body_pairs]
-        except UnicodeDecodeError:
-            raise self._caller_error(f"form body is not valid {codec}") from None
+        codec, body_pairs = self._form_body(req)
 
         # An empty charset or version counts as not given: it is dropped and the default added,
         # so Alipay never sees two values for one parameter.
@@ -222,20 +203,8 @@ class AlipayRsa2Signer:
         drop = REPLACED | blank
         query = [(k, v) for k, v in req.query if k not in drop]
         kept_body = [(k, v) for k, v in body_pairs if k not in drop]
-        version_given = "version" not in drop
-        charset = None if "charset" in drop else charset
-
-        # Added parameters go to the query string, where Alipay's own SDKs put the protocol
-        # parameters; the caller's parameters stay where the caller put them.
-        added = [
-            ("app_id", self._app_id),
-            ("sign_type", "RSA2"),
-            ("timestamp", datetime.fromtimestamp(now, SHANGHAI).strftime(TIMESTAMP_FORMAT)),
-        ]
-        if charset is None:
-            added.append(("charset", "utf-8"))
-        if not version_given:
-            added.append(("version", "1.0"))
+        added = self._protocol_parameters(now, charset_given="charset" not in drop,
+                                          version_given="version" not in drop)
 
         content = sign_content(query + kept_body + added)
         try:
@@ -247,6 +216,43 @@ class AlipayRsa2Signer:
         if len(kept_body) != len(body_pairs):
             # Only rewritten when a replaced parameter was removed, so an untouched body keeps its bytes.
             req.body = urlencode(kept_body, encoding=codec).encode("ascii")
+
+    def _form_body(self, req: OutboundRequest) -> tuple[str, list[tuple[str, str]]]:
+        """The codec the request's charset names (UTF-8 when none is given), and its form body's
+        parameters decoded with it (none for a body that is not a form)."""
+        # The form body may be in the request's charset (GBK), not UTF-8, and which charset it is
+        # is only known after reading the `charset` parameter: decode via latin-1 first, which
+        # maps every byte to itself, and decode the real charset afterwards.
+        raw_body_pairs = [
+            (k.encode("latin-1"), v.encode("latin-1"))
+            for k, v in parse_qsl(req.body.decode("latin-1"), keep_blank_values=True, encoding="latin-1")
+        ] if _is_form(req) and req.body else []
+        charset = _first(req.query, "charset")
+        if not charset:
+            charset = next((v.decode("ascii", "replace") for k, v in raw_body_pairs if k == b"charset"), None)
+        codec = charset or "utf-8"
+        try:
+            codecs.lookup(codec)
+        except LookupError:
+            raise self._caller_error(f"unknown charset {codec[:40]!r}") from None
+        try:
+            return codec, [(k.decode(codec), v.decode(codec)) for k, v in raw_body_pairs]
+        except UnicodeDecodeError:
+            raise self._caller_error(f"form body is not valid {codec}") from None
+
+    def _protocol_parameters(self, now: float, *, charset_given: bool, version_given: bool) -> list[tuple[str, str]]:
+        # Added parameters go to the query string, where Alipay's own SDKs put the protocol
+        # parameters; the caller's parameters stay where the caller put them.
+        added = [
+            ("app_id", self._app_id),
+            ("sign_type", "RSA2"),
+            ("timestamp", datetime.fromtimestamp(now, SHANGHAI).strftime(TIMESTAMP_FORMAT)),
+        ]
+        if not charset_given:
+            added.append(("charset", "utf-8"))
+        if not version_given:
+            added.append(("version", "1.0"))
+        return added
 
     def verify_response(self, status: int, headers: Mapping[str, str], body: bytes) -> None:
         if self._public_key is None or not 200 <= status < 300:

@@ -28,12 +28,12 @@ import enum
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
 from typing import Literal, ParamSpec, TypeVar
 
 from addons.state.base import Admission, QuotaCheck, StateUnavailable
 from addons.state.memory import MemoryStore
 from addons.state.redis import RedisStore, StateMisconfigured
+from addons.timestamps import rfc3339
 
 log = logging.getLogger("gateway.state")
 
@@ -54,10 +54,6 @@ class _Missed(enum.Enum):
 
 
 MISSED = _Missed.MISSED
-
-
-def _rfc3339(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 class FallbackStore:
@@ -302,7 +298,7 @@ class FallbackStore:
             "misconfigured": self.misconfigured,
             "checked": self.checked,
             "last_error": self.last_error,
-            "since": _rfc3339(self.since),
+            "since": rfc3339(self.since, "seconds"),
             "policy": self._policy,
             "instances": self._instances,
             "errors": self.errors,

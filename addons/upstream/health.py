@@ -27,12 +27,12 @@ import json
 import logging
 import time
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
 from typing import Any, Literal
 
 import aiohttp
 
 from addons.rules.schema import HealthSpec, UpstreamSpec
+from addons.timestamps import rfc3339
 
 log = logging.getLogger(__name__)
 
@@ -47,10 +47,6 @@ MIN_PROBE_INTERVAL = 0.01
 def half_open_cooldown(timeout: float) -> float:
     """Cool-down of an unprobed target that was marked down (see the module docstring)."""
     return max(MIN_COOLDOWN, timeout)
-
-
-def _rfc3339(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 class TargetHealth:
@@ -159,10 +155,10 @@ class TargetHealth:
             "probed": self.probed,
             "consecutive_failures": self.failures,
             "consecutive_probe_successes": self.successes,
-            "changed_at": _rfc3339(self.changed_at),
+            "changed_at": rfc3339(self.changed_at),
             "last_error": self.last_error,
-            "last_error_at": None if self.last_error_at is None else _rfc3339(self.last_error_at),
-            "last_probe_at": None if self.last_probe_at is None else _rfc3339(self.last_probe_at),
+            "last_error_at": rfc3339(self.last_error_at),
+            "last_probe_at": rfc3339(self.last_probe_at),
         }
 
     def __repr__(self) -> str:
