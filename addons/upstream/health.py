@@ -32,7 +32,7 @@ from typing import Any, Literal
 
 import aiohttp
 
-from addons.rules.schema import HealthSpec, UpstreamSpec
+from addons.upstream.schema import HealthSpec, UpstreamSpec
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from addons.envelope import (
+from addons.envelope.base import (
     ProviderAnswer,
     Unreadable,
     Verdict,
