@@ -10,20 +10,14 @@ from mitmproxy import ctx, http
 from addons.accesslog import AccessLog, log_record
 from addons.chain.context import GatewayContext
 from addons.chain.stdout import stdout_for_the_access_log
-from addons.errors import Code
+from addons.errors import Code, code_for_status
 
 log = logging.getLogger("gateway")
 
-# Pass-through answers (hosts no service owns) get a code from their HTTP status, like the adapters do.
-_STATUS_CODES = {401: Code.UPSTREAM_AUTH, 403: Code.UPSTREAM_AUTH, 400: Code.CALLER_INVALID,
-                 404: Code.CALLER_INVALID, 422: Code.CALLER_INVALID, 429: Code.UPSTREAM_RATE_LIMITED,
-                 503: Code.UPSTREAM_UNAVAILABLE}
-
-
 def passthrough_code(status: int) -> int:
-    if status < 400:
-        return Code.OK
-    return _STATUS_CODES.get(status, Code.UPSTREAM_ERROR)
+    """Pass-through answers (hosts no service owns) get a code from their HTTP status, like the
+    adapters do; any status below 400 is success."""
+    return Code.OK if status < 400 else code_for_status(status)
 
 
 class AccessLogger:

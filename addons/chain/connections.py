@@ -15,8 +15,9 @@ from mitmproxy import connection, ctx, http, tcp
 from addons.chain.context import GatewayContext
 from addons.conntrack import ConnectionTracker
 from addons.errors import Code
-
-MIB = 1024 * 1024
+from addons.explicit import EXPLICIT_HOST
+from addons.limits import MAX_BODY as MAX_SERVICE_BODY
+from addons.limits import MIB
 
 log = logging.getLogger("gateway")
 
@@ -158,8 +159,6 @@ class ClientConnections:
     # -- chunked bodies of service calls ---------------------------------------------------------------
 
     def _watch_chunked(self, flow: http.HTTPFlow) -> None:
-        from addons.chain.route import EXPLICIT_HOST  # the route module imports this one
-
         headers = flow.request.headers
         compiled = self.gw.compiled
         if compiled is None or "content-length" in headers or "chunked" not in headers.get(
@@ -174,8 +173,6 @@ class ClientConnections:
                                                                      name="gateway chunked bodies")
 
     async def _check_bodies(self) -> None:
-        from addons.chain.route import MAX_SERVICE_BODY
-
         while self._bodies:
             await asyncio.sleep(BODY_CHECK_S)
             for flow in list(self._bodies):
@@ -191,8 +188,6 @@ class ClientConnections:
                     log.error("gateway: chunked body check failed: %s", type(exc).__name__)
 
     def _too_large(self, flow: http.HTTPFlow, size: int) -> None:
-        from addons.chain.route import MAX_SERVICE_BODY
-
         call = self.gw.call(flow)
         call.code, call.status = Code.CALLER_INVALID, 413
         call.error = (f"chunked request body passed the {MAX_SERVICE_BODY // MIB} MiB a service call takes "

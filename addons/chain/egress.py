@@ -24,10 +24,10 @@ from addons.call import Call
 from addons.chain.context import GatewayContext, answer, fail, internal_error
 from addons.egress.policy import EgressPolicy, Endpoint, HostPatterns, IPAddress, parse_ip
 from addons.errors import Code, GatewayError
+from addons.explicit import EXPLICIT_HOST
 
 log = logging.getLogger("gateway")
 
-EXPLICIT_HOST = "gateway.local"
 RESOLVE_TIMEOUT = 5.0
 CACHE_TTL = 30.0  # resolved names, for service upstreams and listeners (not for pass-through pins)
 PIN_TTL = 10.0  # a checked pass-through address is dialled within this long of its check

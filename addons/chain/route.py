@@ -15,15 +15,15 @@ from addons.chain.websocket import is_upgrade
 from addons.chain.webview import proxy_authorization
 from addons.envelope import render
 from addons.errors import Code, GatewayError
-from addons.explicit import json_object, template_params
+from addons.explicit import EXPLICIT_HOST, json_object, template_params
 from addons.identity import parse_basic
+from addons.limits import MAX_BODY
 from addons.rules.router import UNMATCHED
 
 log = logging.getLogger("gateway")
 
-EXPLICIT_HOST = "gateway.local"
 STREAM_THRESHOLD = 1024 * 1024  # bodies above this pass through natively without being buffered
-MAX_SERVICE_BODY = 64 * 1024 * 1024  # a service call's body is buffered (retries, signatures): capped
+MAX_SERVICE_BODY = MAX_BODY  # a service call's body is buffered (retries, signatures): capped
 
 
 class Route:

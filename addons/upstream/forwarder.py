@@ -20,6 +20,7 @@ from yarl import URL
 
 from addons.envelope import ProviderAnswer, Verdict
 from addons.errors import Code, GatewayError
+from addons.limits import MAX_BODY, MIB
 from addons.outbound import OutboundRequest
 from addons.upstream import decompress
 from addons.upstream.retry import Deadline, Outcome, RetryPolicy
@@ -39,7 +40,6 @@ HOP_BY_HOP = frozenset({
 MEDIA_TYPES = ("image/", "audio/", "video/", "application/pdf", "application/zip")
 # `data` of a successful binary answer: the caller gets the provider's bytes as they came.
 BINARY_BODY = object()
-MAX_BODY = 64 * 1024 * 1024  # an upstream answer larger than this is refused, not buffered
 CLASSIFY_INLINE_BYTES = 256 * 1024  # larger answers are decoded and classified in a worker thread
 # Methods a client may repeat by itself after a connection failure (RFC 9110 9.2.2).
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
@@ -393,7 +393,7 @@ def _classify(runtime: ServiceRuntime, rule: str, status: int, headers: CIMultiD
         decoded = decode_body(headers, body)
     except decompress.DecodedTooLarge:
         return Verdict(Code.UPSTREAM_UNREADABLE, f"{rule}: upstream answer unreadable", None,
-                       detail=f"answer decodes to more than {MAX_BODY // (1024 * 1024)} MiB")
+                       detail=f"answer decodes to more than {MAX_BODY // MIB} MiB")
     except (ValueError, OSError, EOFError):
         return Verdict(Code.UPSTREAM_UNREADABLE, f"{rule}: upstream answer unreadable", None,
                        detail=f"bad content-encoding {headers.get('content-encoding')!r}")
