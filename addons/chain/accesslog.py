@@ -8,7 +8,7 @@ import time
 from mitmproxy import ctx, http
 
 from addons.accesslog import AccessLog, log_record
-from addons.chain.context import GatewayContext
+from addons.chain.context import GatewayContext, fail_closed
 from addons.chain.stdout import stdout_for_the_access_log
 from addons.errors import Code, code_for_status
 
@@ -41,6 +41,7 @@ class AccessLogger:
         if self.gw.access_log is not None:
             self.gw.access_log.close()
 
+    @fail_closed
     def response(self, flow: http.HTTPFlow) -> None:
         call = self.gw.calls.get(flow)
         if call is None or flow.response is None:
@@ -51,6 +52,7 @@ class AccessLogger:
             call.attempts = 1
         self._finish(flow)
 
+    @fail_closed
     def error(self, flow: http.HTTPFlow) -> None:
         call = self.gw.calls.get(flow)
         if call is None or call.logged:

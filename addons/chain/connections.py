@@ -12,7 +12,7 @@ from typing import Any
 
 from mitmproxy import connection, ctx, http, tcp
 
-from addons.chain.context import GatewayContext
+from addons.chain.context import GatewayContext, fail_closed
 from addons.conntrack import ConnectionTracker
 from addons.errors import Code
 from addons.explicit import EXPLICIT_HOST
@@ -131,26 +131,33 @@ class ClientConnections:
 
     # -- what the proxy tells us ---------------------------------------------------------------------
 
+    @fail_closed
     def client_connected(self, client: connection.Client) -> None:
         self.tracker.opened(client.id, time.time())
 
+    @fail_closed
     def client_disconnected(self, client: connection.Client) -> None:
         self.tracker.closed(client.id)
 
+    @fail_closed
     def http_connect(self, flow: http.HTTPFlow) -> None:
         self.tracker.awaiting_headers(flow.client_conn.id, time.time())
 
+    @fail_closed
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         self.tracker.started(flow.client_conn.id)
         with contextlib.suppress(Exception):
             self._watch_chunked(flow)
 
+    @fail_closed
     def request(self, flow: http.HTTPFlow) -> None:
         self._bodies.pop(flow, None)  # the whole body has arrived
 
+    @fail_closed
     def response(self, flow: http.HTTPFlow) -> None:
         self.tracker.finished(flow.client_conn.id, time.time())
 
+    @fail_closed
     def error(self, flow: http.HTTPFlow) -> None:
         self._bodies.pop(flow, None)
         with contextlib.suppress(Exception):
@@ -194,18 +201,23 @@ class ClientConnections:
                       f"({size} bytes buffered); connection closed")
         close_client(flow.client_conn, "request body too large")
 
+    @fail_closed
     def websocket_start(self, flow: http.HTTPFlow) -> None:
         self.tracker.started(flow.client_conn.id)
 
+    @fail_closed
     def websocket_end(self, flow: http.HTTPFlow) -> None:
         self.tracker.finished(flow.client_conn.id, time.time())
 
+    @fail_closed
     def tcp_start(self, flow: tcp.TCPFlow) -> None:
         self.tracker.started(flow.client_conn.id)
 
+    @fail_closed
     def tcp_end(self, flow: tcp.TCPFlow) -> None:
         self.tracker.finished(flow.client_conn.id, time.time())
 
+    @fail_closed
     def tcp_error(self, flow: tcp.TCPFlow) -> None:
         self.tracker.finished(flow.client_conn.id, time.time())
 
