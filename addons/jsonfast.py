@@ -19,7 +19,16 @@ import orjson
 BOM = b"\xef\xbb\xbf"
 NOT_FAST = object()  # "the fast path declined: use the stdlib"
 
-_DECODER = msgspec.json.Decoder()
+
+
+def _finite(literal: str) -> float | str:
+    # A number beyond a double (1e999999) stays its text, as the stdlib path keeps it: as a float it
+    # would be infinite, which JSON cannot carry.
+    value = float(literal)
+    return value if value - value == 0.0 else literal
+
+
+_DECODER = msgspec.json.Decoder(float_hook=_finite)
 _DECODER_RAW = msgspec.json.Decoder(msgspec.Raw)
 # Datetimes and dataclasses go to `default` (str()), as the stdlib encoder would have them.
 _OPTIONS = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
