@@ -12,7 +12,8 @@ Every flow and connection hook of these addons fails closed (`chain.context.fail
 code raises in `requestheaders`, `request` or `http_connect`, the caller gets code -3002 and nothing
 goes upstream; a failing connection hook refuses the connection, a failing socket hook closes the
 socket; after the answer is decided the failure is only logged. mitmproxy itself would forward a
-request whose hook raised, and skip the later addons' hooks for that event."""
+request whose hook raised, and skip the later addons' hooks for that event. Set-up hooks (load,
+configure, running, done) are not wrapped: a bad option raises and mitmproxy refuses it."""
 
 from __future__ import annotations
 
