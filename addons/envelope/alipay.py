@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from addons.envelope.base import (
     ProviderAnswer,
     Unreadable,
@@ -35,21 +37,16 @@ class AlipayAdapter(_Base):
         self.redactor = redactor
 
     def _body(self, answer: ProviderAnswer, rule: str) -> Verdict:
-        body = _json_object(answer)
-        names = [k for k in body if k.endswith("_response")]
-        # An error_response wins over anything else: it is how Alipay reports a call it refused.
-        name = "error_response" if "error_response" in body else (names[0] if len(names) == 1 else None)
-        if name is None:
-            raise Unreadable("no single *_response object" if names else "no *_response object")
-        obj = body[name]
-        if not isinstance(obj, dict):
-            raise Unreadable(f"{name} is not an object")
+        name, obj = _response_object(_json_object(answer))
         raw_code = obj.get("code")
         if raw_code is None or isinstance(raw_code, bool | dict | list):
             raise Unreadable(f"{name} has no code")
         code_str = str(raw_code)
         if code_str == "10000":
             return _success({k: v for k, v in obj.items() if k != "code" and k != "msg"})
+        return self._refused(rule, code_str, obj)
+
+    def _refused(self, rule: str, code_str: str, obj: dict[str, Any]) -> Verdict:
         sub_code, sub_msg = obj.get("sub_code"), obj.get("sub_msg")
         provider_code = f"{code_str}/{sub_code}" if sub_code else code_str
         code = self.CODES.get(code_str, Code.UPSTREAM_ERROR)
@@ -62,3 +59,15 @@ class AlipayAdapter(_Base):
             detail += f" sub_code={sub_code or ''} sub_msg={sub_msg or ''}"
         return Verdict(int(code), sentence(rule, code, suffix), None, _clip(detail), provider_code)
 
+
+def _response_object(body: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """The answer's one `*_response` object and its name."""
+    names = [k for k in body if k.endswith("_response")]
+    # An error_response wins over anything else: it is how Alipay reports a call it refused.
+    name = "error_response" if "error_response" in body else (names[0] if len(names) == 1 else None)
+    if name is None:
+        raise Unreadable("no single *_response object" if names else "no *_response object")
+    obj = body[name]
+    if not isinstance(obj, dict):
+        raise Unreadable(f"{name} is not an object")
+    return name, obj

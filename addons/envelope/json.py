@@ -48,20 +48,7 @@ class JsonAdapter(_Base):
 
     def _body(self, answer: ProviderAnswer, rule: str) -> Verdict:
         if self.success_field is None:
-            if not answer.body.strip():
-                if self.data_field is not None:
-                    raise Unreadable("empty body")
-                return _success(None)
-            if self.data_field is None:
-                text = _utf8_json_text(answer)
-                if text is not None:  # valid, and data is the body: nothing to parse
-                    return SplicedVerdict(text)
-            body, text = _json_with_text(answer)
-            if self.data_field is None:
-                return _success(body, text)
-            if not isinstance(body, dict):
-                raise Unreadable(f"JSON {type(body).__name__} where an object was expected")
-            return _success(_lookup(body, self.data_field))
+            return self._plain(answer)
         body, text = _json_with_text(answer)
         if not isinstance(body, dict):
             raise Unreadable(f"JSON {type(body).__name__} where an object was expected")
@@ -74,6 +61,26 @@ class JsonAdapter(_Base):
             provider_code, Code.UPSTREAM_ERROR)
         if code == 0:
             return _success(body, text) if self.data_field is None else _success(_lookup(body, self.data_field))
+        return self._failed(body, rule, code, provider_code)
+
+    def _plain(self, answer: ProviderAnswer) -> Verdict:
+        """No success field: any readable body is success."""
+        if not answer.body.strip():
+            if self.data_field is not None:
+                raise Unreadable("empty body")
+            return _success(None)
+        if self.data_field is None:
+            text = _utf8_json_text(answer)
+            if text is not None:  # valid, and data is the body: nothing to parse
+                return SplicedVerdict(text)
+        body, text = _json_with_text(answer)
+        if self.data_field is None:
+            return _success(body, text)
+        if not isinstance(body, dict):
+            raise Unreadable(f"JSON {type(body).__name__} where an object was expected")
+        return _success(_lookup(body, self.data_field))
+
+    def _failed(self, body: dict[str, Any], rule: str, code: int, provider_code: str) -> Verdict:
         message = _lookup(body, self.message_field) if self.message_field is not None else None
         suffix = f" ({self.field_name} {_clip(provider_code, 80)})"
         if message not in (None, "") and -3000 < code <= -2000:
