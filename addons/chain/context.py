@@ -37,6 +37,7 @@ log = logging.getLogger("gateway")
 _DEFAULT_REDACTOR = Redactor()
 JSON = "application/json; charset=utf-8"
 JSON_BYTES = JSON.encode()
+HTTPFlow = http.HTTPFlow
 
 
 class GatewayContext:
@@ -77,7 +78,7 @@ class GatewayContext:
             self.session = make_session()
         return self.session
 
-    def call(self, flow: http.HTTPFlow) -> Call:
+    def call(self, flow: HTTPFlow) -> Call:  # (`http` here would name the method above)
         call = self.calls.get(flow)
         if call is None:
             request = flow.request
