@@ -116,7 +116,7 @@ def rules(tmp_path: Path, fake: FakeProvider, unknown_hosts: str = "deny") -> Pa
         "apps.yaml": f"""
             apps:
               {APP}: {{secret: {APP_SECRET}}}
-            gateway: {{require_app: true, unknown_hosts: {unknown_hosts}}}
+            gateway: {{require_app: true, unknown_hosts: {unknown_hosts}, egress: {{allow_cidrs: [127.0.0.0/8]}}}}
         """,
     })
 
