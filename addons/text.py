@@ -1,8 +1,7 @@
-"""Small text helpers shared by the log, the envelope and the error messages. Free of mitmproxy."""
+"""Small text helpers shared by the envelope adapters and the redactor. Free of mitmproxy."""
 
 from __future__ import annotations
 
-import asyncio
 import re
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
@@ -12,14 +11,6 @@ def clip(text: str, limit: int = 500) -> str:
     """One line, at most `limit` characters: control characters become spaces, the end is cut."""
     text = _CONTROL.sub(" ", text).strip()
     return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def describe_error(exc: BaseException) -> str:
-    """An exception as one short phrase for a log line or a status field: its type and its text."""
-    if isinstance(exc, TimeoutError | asyncio.TimeoutError):
-        return "timed out"
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def declared_charset(content_type: str) -> str | None:
