@@ -41,6 +41,26 @@ HTTP_STATUS: dict[int, int] = {
 }
 
 
+# A provider's HTTP status that says more than "an error" (SPEC 5); every other status outside
+# 2xx/3xx is -1000. The envelope adapters and the pass-through log line judge by it alike.
+UPSTREAM_STATUS_CODES: dict[int, int] = {
+    401: Code.UPSTREAM_AUTH,
+    403: Code.UPSTREAM_AUTH,
+    400: Code.CALLER_INVALID,
+    404: Code.CALLER_INVALID,
+    422: Code.CALLER_INVALID,
+    429: Code.UPSTREAM_RATE_LIMITED,
+    503: Code.UPSTREAM_UNAVAILABLE,
+}
+
+
+def code_for_status(status: int) -> int:
+    """The gateway code of a provider answer judged by its HTTP status alone (1xx too is an error)."""
+    if 200 <= status < 400:
+        return Code.OK
+    return UPSTREAM_STATUS_CODES.get(status, Code.UPSTREAM_ERROR)
+
+
 def source_of(code: int) -> str | None:
     """Whose fault a code is: the thousands digit says it (SPEC 5)."""
     if code == 0:

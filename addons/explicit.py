@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+# The host of the explicit form: a call to it names its service and method in the path.
+EXPLICIT_HOST = "gateway.local"
 # Methods whose parameters travel in the query; a body sent with them is not forwarded.
 QUERY_METHODS = frozenset({"GET", "HEAD", "DELETE", "OPTIONS"})
 MAX_PARAMS = 1000  # a JSON body with more top-level fields is not taken apart into a query

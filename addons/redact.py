@@ -33,6 +33,8 @@ from functools import lru_cache
 from typing import Any, Protocol
 from urllib.parse import quote, quote_plus, unquote_plus
 
+from addons.text import declared_charset
+
 MASK = "***"
 
 # Words that make a name secret. The SPEC list (access_token, token, secret, password, sign, signature,
@@ -426,10 +428,7 @@ def _xml_element(m: re.Match[str]) -> str:
 
 
 def _charset(content_type: str) -> str:
-    _, found, rest = content_type.partition("charset=")
-    if not found:
-        return "utf-8"
-    name = rest.split(";", 1)[0].strip().strip("\"'") or "utf-8"
+    name = declared_charset(content_type) or "utf-8"
     try:
         "".encode(name)
     except LookupError:

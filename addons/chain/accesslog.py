@@ -8,22 +8,16 @@ import time
 from mitmproxy import ctx, http
 
 from addons.accesslog import AccessLog, log_record
-from addons.chain.context import GatewayContext
+from addons.chain.context import GatewayContext, fail_closed
 from addons.chain.stdout import stdout_for_the_access_log
-from addons.errors import Code
+from addons.errors import Code, code_for_status
 
 log = logging.getLogger("gateway")
 
-# Pass-through answers (hosts no service owns) get a code from their HTTP status, like the adapters do.
-_STATUS_CODES = {401: Code.UPSTREAM_AUTH, 403: Code.UPSTREAM_AUTH, 400: Code.CALLER_INVALID,
-                 404: Code.CALLER_INVALID, 422: Code.CALLER_INVALID, 429: Code.UPSTREAM_RATE_LIMITED,
-                 503: Code.UPSTREAM_UNAVAILABLE}
-
-
 def passthrough_code(status: int) -> int:
-    if status < 400:
-        return Code.OK
-    return _STATUS_CODES.get(status, Code.UPSTREAM_ERROR)
+    """Pass-through answers (hosts no service owns) get a code from their HTTP status, like the
+    adapters do; any status below 400 is success."""
+    return Code.OK if status < 400 else code_for_status(status)
 
 
 class AccessLogger:
@@ -47,6 +41,7 @@ class AccessLogger:
         if self.gw.access_log is not None:
             self.gw.access_log.close()
 
+    @fail_closed
     def response(self, flow: http.HTTPFlow) -> None:
         call = self.gw.calls.get(flow)
         if call is None or flow.response is None:
@@ -57,6 +52,7 @@ class AccessLogger:
             call.attempts = 1
         self._finish(flow)
 
+    @fail_closed
     def error(self, flow: http.HTTPFlow) -> None:
         call = self.gw.calls.get(flow)
         if call is None or call.logged:

@@ -26,6 +26,7 @@ from addons.cache.stores.memory import MemoryCache
 from addons.cache.stores.redis import RedisCache
 from addons.call import Call
 from addons.chain.context import GatewayContext, Step
+from addons.explicit import EXPLICIT_HOST
 from addons.rules.fields import NAME_RE
 from addons.runtime import Compiled
 
@@ -117,7 +118,7 @@ class Cache:
         route = call.route
         assert route is not None
         request = flow.request
-        http_method = (route.method_spec.method if call.host == "gateway.local" and route.method_spec
+        http_method = (route.method_spec.method if call.host == EXPLICIT_HOST and route.method_spec
                        and route.method_spec.method else request.method)
         directive = policy.caller_directive(request.headers.get("cache-control"), request.headers.get("pragma"))
         if http_method not in spec.methods or directive == "bypass":

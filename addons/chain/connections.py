@@ -12,11 +12,12 @@ from typing import Any
 
 from mitmproxy import connection, ctx, http, tcp
 
-from addons.chain.context import GatewayContext
+from addons.chain.context import GatewayContext, fail_closed
 from addons.conntrack import ConnectionTracker
 from addons.errors import Code
-
-MIB = 1024 * 1024
+from addons.explicit import EXPLICIT_HOST
+from addons.limits import MAX_BODY as MAX_SERVICE_BODY
+from addons.limits import MIB
 
 log = logging.getLogger("gateway")
 
@@ -130,26 +131,33 @@ class ClientConnections:
 
     # -- what the proxy tells us ---------------------------------------------------------------------
 
+    @fail_closed
     def client_connected(self, client: connection.Client) -> None:
         self.tracker.opened(client.id, time.time())
 
+    @fail_closed
     def client_disconnected(self, client: connection.Client) -> None:
         self.tracker.closed(client.id)
 
+    @fail_closed
     def http_connect(self, flow: http.HTTPFlow) -> None:
         self.tracker.awaiting_headers(flow.client_conn.id, time.time())
 
+    @fail_closed
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         self.tracker.started(flow.client_conn.id)
         with contextlib.suppress(Exception):
             self._watch_chunked(flow)
 
+    @fail_closed
     def request(self, flow: http.HTTPFlow) -> None:
         self._bodies.pop(flow, None)  # the whole body has arrived
 
+    @fail_closed
     def response(self, flow: http.HTTPFlow) -> None:
         self.tracker.finished(flow.client_conn.id, time.time())
 
+    @fail_closed
     def error(self, flow: http.HTTPFlow) -> None:
         self._bodies.pop(flow, None)
         with contextlib.suppress(Exception):
@@ -158,8 +166,6 @@ class ClientConnections:
     # -- chunked bodies of service calls ---------------------------------------------------------------
 
     def _watch_chunked(self, flow: http.HTTPFlow) -> None:
-        from addons.chain.route import EXPLICIT_HOST  # the route module imports this one
-
         headers = flow.request.headers
         compiled = self.gw.compiled
         if compiled is None or "content-length" in headers or "chunked" not in headers.get(
@@ -174,8 +180,6 @@ class ClientConnections:
                                                                      name="gateway chunked bodies")
 
     async def _check_bodies(self) -> None:
-        from addons.chain.route import MAX_SERVICE_BODY
-
         while self._bodies:
             await asyncio.sleep(BODY_CHECK_S)
             for flow in list(self._bodies):
@@ -191,26 +195,29 @@ class ClientConnections:
                     log.error("gateway: chunked body check failed: %s", type(exc).__name__)
 
     def _too_large(self, flow: http.HTTPFlow, size: int) -> None:
-        from addons.chain.route import MAX_SERVICE_BODY
-
         call = self.gw.call(flow)
         call.code, call.status = Code.CALLER_INVALID, 413
         call.error = (f"chunked request body passed the {MAX_SERVICE_BODY // MIB} MiB a service call takes "
                       f"({size} bytes buffered); connection closed")
         close_client(flow.client_conn, "request body too large")
 
+    @fail_closed
     def websocket_start(self, flow: http.HTTPFlow) -> None:
         self.tracker.started(flow.client_conn.id)
 
+    @fail_closed
     def websocket_end(self, flow: http.HTTPFlow) -> None:
         self.tracker.finished(flow.client_conn.id, time.time())
 
+    @fail_closed
     def tcp_start(self, flow: tcp.TCPFlow) -> None:
         self.tracker.started(flow.client_conn.id)
 
+    @fail_closed
     def tcp_end(self, flow: tcp.TCPFlow) -> None:
         self.tracker.finished(flow.client_conn.id, time.time())
 
+    @fail_closed
     def tcp_error(self, flow: tcp.TCPFlow) -> None:
         self.tracker.finished(flow.client_conn.id, time.time())
 

@@ -5,6 +5,7 @@ call with an envelope, and failing closed when our own code raises."""
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 import time
 import weakref
@@ -37,6 +38,7 @@ log = logging.getLogger("gateway")
 _DEFAULT_REDACTOR = Redactor()
 JSON = "application/json; charset=utf-8"
 JSON_BYTES = JSON.encode()
+HTTPFlow = http.HTTPFlow
 
 
 class GatewayContext:
@@ -79,7 +81,7 @@ class GatewayContext:
             self.session = make_session()
         return self.session
 
-    def call(self, flow: http.HTTPFlow) -> Call:
+    def call(self, flow: HTTPFlow) -> Call:  # (`http` here would name the method above)
         call = self.calls.get(flow)
         if call is None:
             request = flow.request
@@ -130,16 +132,57 @@ def internal_error(gw: GatewayContext, flow: http.HTTPFlow, where: str, exc: Exc
     answer(flow, call, Code.GATEWAY_INTERNAL, "gateway internal error")
 
 
-def fail_closed[F: Callable[..., Awaitable[None]]](hook: F) -> F:
-    """An exception in a hook would let mitmproxy forward the request unchecked: answer -3002 instead."""
+# Hooks whose event goes on to the provider or opens something unless the hook stops it: a
+# raising one answers -3002 (`request` phases) or refuses the connection (connection phases).
+_ANSWERED_HOOKS = frozenset({"requestheaders", "request", "http_connect"})
+# A live socket whose hook failed is closed: its traffic would otherwise flow unchecked.
+_KILLED_HOOKS = frozenset({"websocket_start", "websocket_message", "tcp_start", "tcp_message"})
+
+
+def close_on_error(gw: GatewayContext, where: str, hook: str, subject: Any, exc: Exception) -> None:
+    """What a hook that raised leaves behind: never the event going on unchecked. Request phases get
+    -3002 and nothing goes upstream; a client or server connection is refused; a socket is killed.
+    After the answer is decided (`responseheaders`, `response`, `error`, `*_end`...) it stands: the
+    failure is logged, and the hooks after this one still run (the exception does not escape)."""
+    if hook in _ANSWERED_HOOKS and isinstance(subject, http.HTTPFlow):
+        internal_error(gw, subject, where, exc)
+        if hook == "http_connect":
+            gw.finish(subject)  # a refused CONNECT gets no response hook: its log line is written now
+        return
+    log.error("internal error in %s: %s", where, type(exc).__name__, exc_info=log.isEnabledFor(logging.DEBUG))
+    if hook in _KILLED_HOOKS and getattr(subject, "killable", False):
+        subject.kill()
+    elif hook == "client_connected" and isinstance(subject, connection.Client):
+        subject.error = "gateway internal error"  # mitmproxy closes a client connection with an error
+    elif hook == "server_connect":
+        subject.server.error = "gateway internal error"  # the connection is not opened
+
+
+def fail_closed[F: Callable[..., Any]](hook: F) -> F:
+    """An exception in a hook would let mitmproxy carry on unchecked (forward the request, open the
+    connection) and skip the hooks of every later addon of the script for that event: it ends here
+    instead, closed (`close_on_error`). For a hook of one argument, sync or async; the addon has `gw`."""
+    name = hook.__name__
+    if inspect.iscoroutinefunction(hook):
+
+        @functools.wraps(hook)
+        async def guarded_async(self: Any, subject: Any) -> None:
+            try:
+                await hook(self, subject)
+            except Exception as exc:
+                close_on_error(self.gw, f"{type(self).__name__}.{name}", name, subject, exc)
+
+        guarded_async.fails_closed = True  # type: ignore[attr-defined]
+        return guarded_async  # type: ignore[return-value]
 
     @functools.wraps(hook)
-    async def guarded(self: Any, flow: http.HTTPFlow) -> None:
+    def guarded(self: Any, subject: Any) -> None:
         try:
-            await hook(self, flow)
+            hook(self, subject)
         except Exception as exc:
-            internal_error(self.gw, flow, f"{type(self).__name__}.{hook.__name__}", exc)
+            close_on_error(self.gw, f"{type(self).__name__}.{name}", name, subject, exc)
 
+    guarded.fails_closed = True  # type: ignore[attr-defined]
     return guarded  # type: ignore[return-value]
 
 
@@ -153,17 +196,21 @@ class Step(Protocol):
 
 
 class CallPipeline:
-    """Runs the per-call steps, in order, from ONE mitmproxy `request` hook.
+    """The one dispatcher of a call's `request` work: runs the per-call steps, in order, from ONE
+    mitmproxy `request` hook. The steps are not addons for `request` themselves; the two with other
+    hooks (Identify: CONNECT, Route: request and response headers) are addons for those alone.
 
-    mitmproxy dispatches every hook to every addon and runs each async hook in a task of its own;
-    four steps as four addons would cost four dispatches and four tasks per call. Each step still
-    keeps its own class and its own mitmproxy hooks for everything else (CONNECT, headers).
-    A step that answers the call (sets `flow.response`) ends the pipeline."""
+    mitmproxy 12 runs one event's hooks in one task, each addon's awaited in turn, so steps as addons
+    would cost no extra tasks, but they would each need to check for an answer an earlier one gave,
+    and each would be one more addon every event of every flow is dispatched to. Here a step that
+    answers the call (sets `flow.response`) ends the pipeline, one that needs no I/O returns None
+    and costs no coroutine, and a step that raises answers -3002 (`internal_error`)."""
 
     def __init__(self, gw: GatewayContext, *steps: Step) -> None:
         self.gw = gw
         self.steps = steps
 
+    @fail_closed
     async def request(self, flow: http.HTTPFlow) -> None:
         if self.gw.tracer is not None:
             await self._traced(flow)

@@ -21,13 +21,13 @@ from mitmproxy import connection, ctx, http
 from mitmproxy.proxy import server_hooks
 
 from addons.call import Call
-from addons.chain.context import GatewayContext, answer, fail, internal_error
+from addons.chain.context import GatewayContext, answer, fail, fail_closed, internal_error
 from addons.egress.policy import EgressPolicy, Endpoint, HostPatterns, IPAddress, parse_ip
 from addons.errors import Code, GatewayError
+from addons.explicit import EXPLICIT_HOST
 
 log = logging.getLogger("gateway")
 
-EXPLICIT_HOST = "gateway.local"
 RESOLVE_TIMEOUT = 5.0
 CACHE_TTL = 30.0  # resolved names, for service upstreams and listeners (not for pass-through pins)
 PIN_TTL = 10.0  # a checked pass-through address is dialled within this long of its check
@@ -181,6 +181,7 @@ class Egress:
 
     # -- CONNECT: checked before the tunnel opens -----------------------------------------------------
 
+    @fail_closed
     async def http_connect(self, flow: http.HTTPFlow) -> None:
         try:
             await self._connect(flow)
@@ -216,6 +217,7 @@ class Egress:
 
     # -- every connect: pinned to the checked address -------------------------------------------------
 
+    @fail_closed
     async def server_connect(self, data: server_hooks.ServerConnectionHookData) -> None:
         server = data.server
         if server.via is not None or server.address is None or server.error:
@@ -242,6 +244,7 @@ class Egress:
         self._pinned[server] = (host, port)
         server.address = (str(ip), port)
 
+    @fail_closed
     def server_connected(self, data: server_hooks.ServerConnectionHookData) -> None:
         # Give the open connection its name back, so the requests that follow on the same client
         # connection (keep-alive, a tunnel's) match it and reuse it instead of connecting anew; it

@@ -12,7 +12,7 @@ from addons.chain.context import GatewayContext, answer, fail
 from addons.chain.echo import mask_echoed_secrets
 from addons.envelope import SPLICED, ProviderAnswer
 from addons.errors import Code, GatewayError
-from addons.explicit import json_object, reshape
+from addons.explicit import EXPLICIT_HOST, json_object, reshape
 from addons.outbound import OutboundRequest
 from addons.upstream.forwarder import BINARY_BODY, HOP_BY_HOP, Result, forward
 
@@ -61,7 +61,7 @@ class Forward:
         if route is None or self.gw.compiled is None:
             return
         runtime = self.gw.compiled.services[route.service]
-        method = (route.method_spec.method if call.host == "gateway.local" and route.method_spec
+        method = (route.method_spec.method if call.host == EXPLICIT_HOST and route.method_spec
                   and route.method_spec.method else flow.request.method)
         try:
             local = runtime.credential.local_answer(route.path, method)
@@ -74,7 +74,7 @@ class Forward:
             else:
                 base = outbound_from(flow, call.request_id, method, route.path, route.consumed)
                 base.named_host = route.named_host
-                if call.host == "gateway.local":
+                if call.host == EXPLICIT_HOST:
                     _explicit_params(flow, base, route.consumed)
                 on_attempt = None
                 if call.span is not None:

@@ -137,7 +137,10 @@ class LeanAddons:
     def running(self) -> None:
         # Synchronous: mitmproxy runs a reloaded script's running hook from sync code.
         if ctx.options.gateway_lean:
-            self.prune(ctx.master, sys.argv)
+            try:
+                self.prune(ctx.master, sys.argv)
+            except Exception as exc:  # the safe side of a failed prune: every default addon stays
+                log.error("gateway: idle mitmproxy addons not removed: %s", type(exc).__name__)
 
     def prune(self, master: Any, argv: Sequence[str]) -> None:
         # What earlier loads of the chain removed stays on record across reloads of the script.

@@ -9,27 +9,28 @@ from mitmproxy import http
 from mitmproxy.net.http import status_codes
 
 from addons.chain.connections import write_to_client
-from addons.chain.context import JSON, GatewayContext, fail, internal_error
+from addons.chain.context import JSON, GatewayContext, fail, fail_closed, internal_error
 from addons.chain.identify import CHALLENGE
 from addons.chain.websocket import is_upgrade
 from addons.chain.webview import proxy_authorization
 from addons.envelope import render
 from addons.errors import Code, GatewayError
-from addons.explicit import json_object, template_params
+from addons.explicit import EXPLICIT_HOST, json_object, template_params
 from addons.identity.directory import parse_basic
+from addons.limits import MAX_BODY
 from addons.rules.router import UNMATCHED
 
 log = logging.getLogger("gateway")
 
-EXPLICIT_HOST = "gateway.local"
 STREAM_THRESHOLD = 1024 * 1024  # bodies above this pass through natively without being buffered
-MAX_SERVICE_BODY = 64 * 1024 * 1024  # a service call's body is buffered (retries, signatures): capped
+MAX_SERVICE_BODY = MAX_BODY  # a service call's body is buffered (retries, signatures): capped
 
 
 class Route:
     def __init__(self, gw: GatewayContext) -> None:
         self.gw = gw
 
+    @fail_closed
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         try:
             self._choose_streaming(flow)
@@ -107,6 +108,7 @@ class Route:
             write_to_client(flow.client_conn, ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)
         flow.kill()
 
+    @fail_closed
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         call = self.gw.calls.get(flow)
         if call is None or not call.passthrough or flow.response is None:

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from mitmproxy import connection, ctx, http
 from prometheus_client import Gauge, Histogram
 
-from addons.chain.context import GatewayContext, fail
+from addons.chain.context import GatewayContext, fail, fail_closed
 from addons.errors import Code, GatewayError
 from addons.quota.policy import quota_checks
 from addons.shaping.fair import FairQueue
@@ -101,6 +101,7 @@ class Shaping:
 
     # -- mitmproxy hooks ------------------------------------------------------------------------
 
+    @fail_closed
     def client_disconnected(self, client: connection.Client) -> None:
         for waiter in self._by_client.pop(client, ()):
             if not waiter.future.done():

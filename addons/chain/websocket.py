@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from mitmproxy import ctx, http
 
-from addons.chain.context import GatewayContext
+from addons.chain.context import GatewayContext, fail_closed
 
 
 def is_upgrade(request: http.Request) -> bool:
@@ -29,6 +29,7 @@ class WebSockets:
         view = master.addons.get("view") if master is not None else None
         self._keep_history = view is not None or bool(getattr(ctx.options, "save_stream_file", None))
 
+    @fail_closed
     def websocket_message(self, flow: http.HTTPFlow) -> None:
         if not self._keep_history and flow.websocket is not None and len(flow.websocket.messages) > 1:
             del flow.websocket.messages[:-1]

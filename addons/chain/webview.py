@@ -30,7 +30,7 @@ from typing import Any
 
 from mitmproxy import ctx, exceptions, http
 
-from addons.chain.context import GatewayContext
+from addons.chain.context import GatewayContext, fail_closed
 from addons.redact import MASK, Redactor, is_secret_name
 
 log = logging.getLogger("gateway")
@@ -66,14 +66,17 @@ class WebView:
                 raise exceptions.OptionsError("gateway_web_keep must be 0 or more")
             self._trim()
 
+    @fail_closed
     def http_connect(self, flow: http.HTTPFlow) -> None:
         # Identify reads and removes it first; this is the last line of defence should an earlier
         # hook have failed before removing it, so a stored CONNECT never holds the app's secret.
         flow.request.headers.pop("proxy-authorization", None)
 
+    @fail_closed
     def response(self, flow: http.HTTPFlow) -> None:
         self._finish(flow)
 
+    @fail_closed
     def error(self, flow: http.HTTPFlow) -> None:
         self._finish(flow)
 
@@ -144,23 +147,27 @@ class HideProxyAuth:
     """Keeps Proxy-Authorization out of mitmweb's flow list (see the module docstring). Must come
     before Identify in the chain; does nothing without mitmweb (mitmdump stores no flows)."""
 
-    def __init__(self) -> None:
+    def __init__(self, gw: GatewayContext) -> None:
+        self.gw = gw
         self._held = _HELD
         self._active = False
 
     def running(self) -> None:
         self._active = _view() is not None
 
+    @fail_closed
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         if self._active and "proxy-authorization" in flow.request.headers:
             self._held[flow] = flow.request.headers.get_all("proxy-authorization")
             del flow.request.headers["proxy-authorization"]
 
+    @fail_closed
     def request(self, flow: http.HTTPFlow) -> None:
         values = self._held.pop(flow, None)
         if values is not None:
             flow.request.headers.set_all("proxy-authorization", values)
 
+    @fail_closed
     def error(self, flow: http.HTTPFlow) -> None:
         self._held.pop(flow, None)
 

@@ -20,6 +20,7 @@ from yarl import URL
 
 from addons.envelope import ProviderAnswer, Verdict
 from addons.errors import Code, GatewayError
+from addons.limits import MAX_BODY, MIB
 from addons.outbound import OutboundRequest
 from addons.upstream import decompress
 from addons.upstream.retry import Deadline, Outcome, RetryPolicy
@@ -39,7 +40,6 @@ HOP_BY_HOP = frozenset({
 MEDIA_TYPES = ("image/", "audio/", "video/", "application/pdf", "application/zip")
 # `data` of a successful binary answer: the caller gets the provider's bytes as they came.
 BINARY_BODY = object()
-MAX_BODY = 64 * 1024 * 1024  # an upstream answer larger than this is refused, not buffered
 CLASSIFY_INLINE_BYTES = 256 * 1024  # larger answers are decoded and classified in a worker thread
 # Methods a client may repeat by itself after a connection failure (RFC 9110 9.2.2).
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
@@ -282,6 +282,23 @@ class _Progress:
         self.result = Result(Code.UPSTREAM_TIMEOUT, f"{rule}: upstream timed out")
 
 
+@dataclass
+class _Call:
+    """What every attempt of one call shares: the request, its policy and deadline, and where it is."""
+
+    runtime: ServiceRuntime
+    base: OutboundRequest
+    rule: str
+    method: str
+    session: aiohttp.ClientSession
+    metrics: Metrics | None
+    policy: RetryPolicy
+    deadline: Deadline
+    on_attempt: OnAttempt | None
+    progress: _Progress
+    refreshed: bool = False  # the credential was renewed once after the provider refused it
+
+
 async def forward(runtime: ServiceRuntime, base: OutboundRequest, rule: str, method: str,
                   session: aiohttp.ClientSession, metrics: Metrics | None = None,
                   on_attempt: OnAttempt | None = None) -> Result:
@@ -293,17 +310,16 @@ async def forward(runtime: ServiceRuntime, base: OutboundRequest, rule: str, met
     target_health = runtime.health.pick()
     if target_health is None:
         return _fallback(runtime, rule)
-    progress = _Progress(rule)
+    call = _Call(runtime, base, rule, method, session, metrics, policy, deadline, on_attempt, _Progress(rule))
     bound = asyncio.timeout(deadline.remaining() + DEADLINE_GRACE)
     try:
         async with bound:
-            return await _attempts(runtime, base, rule, method, session, metrics, policy, deadline,
-                                   target_health, progress, on_attempt)
+            return await _attempts(call, target_health)
     except TimeoutError:
         if not bound.expired():
             raise
         # Something other than an attempt (a credential fetch, say) outlived the deadline.
-        result = progress.result
+        result = call.progress.result
         tries = f" after {result.attempts} attempts" if result.attempts > 1 else ""
         result.code, result.message = Code.UPSTREAM_TIMEOUT, f"{rule}: upstream timed out{tries}"
         result.verdict, result.status, result.data = None, None, None
@@ -311,80 +327,93 @@ async def forward(runtime: ServiceRuntime, base: OutboundRequest, rule: str, met
         return result
 
 
-async def _attempts(runtime: ServiceRuntime, base: OutboundRequest, rule: str, method: str,
-                    session: aiohttp.ClientSession, metrics: Metrics | None, policy: RetryPolicy,
-                    deadline: Deadline, target_health: TargetHealth, progress: _Progress,
-                    on_attempt: OnAttempt | None = None) -> Result:
-    health = runtime.health
+async def _attempts(call: _Call, target_health: TargetHealth) -> Result:
+    """Attempts until one settles the call, the policy stops retrying, or the deadline is near."""
     attempt = 0
-    refreshed = False
-    result = progress.result
     while True:
-        timeout = policy.attempt_timeout(deadline.remaining())
+        timeout = call.policy.attempt_timeout(call.deadline.remaining())
         if timeout < MIN_ATTEMPT and attempt > 0:
             # The wait before this retry ate what was left (a sleep can overrun a little): a request
             # now could only time out, so the call ends with the last attempt's answer.
+            result = call.progress.result
             result.error = f"{result.error}; deadline reached before attempt {attempt + 1}"
             return result
         attempt += 1
-        target = runtime.targets[target_health.name]
-        req = _retarget(base, target)
-        observed = on_attempt(req, target.name, attempt) if on_attempt is not None else None
-        await runtime.credential.apply(req)
-        if runtime.signer is not None:
-            runtime.signer.sign(req, time.time())
-        started = time.perf_counter()
-        sent = await _send(session, req, timeout, runtime.ssl)
-        elapsed = time.perf_counter() - started
-        if metrics is not None:
-            metrics.observe_upstream(runtime.name, target.name, elapsed)
-        result = Result(Code.GATEWAY_INTERNAL, "", attempts=attempt, target=target.name,
-                        upstream_ms=(result.upstream_ms or 0.0) + elapsed * 1000)
-        progress.result = result
-        if isinstance(sent, Outcome):
-            outcome = sent
-            result.code, result.message = _failure(outcome, rule, attempt)
-            result.error = outcome.detail
-            result.status = outcome.status
-        else:
-            status, headers, body = sent
-            result.status, result.headers, result.raw_body = status, headers, body
-            result.retry_after = headers.get("retry-after")
-            if len(body) > CLASSIFY_INLINE_BYTES or (len(body) > 16 * 1024 and "content-encoding" in headers):
-                # Decoding and parsing a large answer (or one that may inflate) takes a while: in a
-                # thread, so other callers keep being served meanwhile.
-                verdict = await asyncio.to_thread(_classify, runtime, rule, status, headers, body)
-            else:
-                verdict = _classify(runtime, rule, status, headers, body)
-            result.verdict = verdict
-            result.code, result.message, result.data = verdict.code, verdict.message, verdict.result_data
-            result.error = verdict.detail
-            if ((verdict.code != 0 or verdict.provider_code is not None) and not refreshed
-                    and runtime.credential.rejected(status, verdict.provider_code)):
-                # The provider refused our token: fetch a new one and repeat this attempt once.
-                refreshed = True
-                if observed is not None:
-                    observed.end(result.status, result.code, result.error)
-                await runtime.credential.refresh()
-                attempt -= 1
-                continue
-            outcome = (Outcome.answer(status, verdict.code or None, result.retry_after, detail=verdict.detail)
-                       if verdict.code else Outcome.answer(status))
-        if observed is not None:
-            observed.end(result.status, result.code, result.error)
-        if _health_failure(policy, outcome):
+        outcome = await _attempt(call, target_health, attempt, timeout)
+        if outcome is None:  # the provider refused our token: a new one, and this attempt again
+            attempt -= 1
+            continue
+        result = call.progress.result
+        if _health_failure(call.policy, outcome):
             target_health.record_failure(outcome.detail)
         else:
             target_health.record_success()
-        decision = policy.decide(outcome, attempt, method, deadline)
+        decision = call.policy.decide(outcome, attempt, call.method, call.deadline)
         if not decision.retry:
             if decision.reason == "deadline" and outcome.kind != "ok":
                 result.error = f"{result.error}; next wait {decision.wait:.2f}s would pass the deadline"
             return result
-        if metrics is not None:
-            metrics.retried(runtime.name)
+        if call.metrics is not None:
+            call.metrics.retried(call.runtime.name)
         await asyncio.sleep(decision.wait)
-        target_health = _next_target(health, target_health)
+        target_health = _next_target(call.runtime.health, target_health)
+
+
+async def _attempt(call: _Call, target_health: TargetHealth, attempt: int, timeout: float) -> Outcome | None:
+    """One attempt to `target_health`'s target; its Result becomes `call.progress.result`. None: the
+    provider refused the credential, which has been renewed, and the attempt is to be repeated."""
+    runtime = call.runtime
+    target = runtime.targets[target_health.name]
+    req = _retarget(call.base, target)
+    observed = call.on_attempt(req, target.name, attempt) if call.on_attempt is not None else None
+    await runtime.credential.apply(req)
+    if runtime.signer is not None:
+        runtime.signer.sign(req, time.time())
+    started = time.perf_counter()
+    sent = await _send(call.session, req, timeout, runtime.ssl)
+    elapsed = time.perf_counter() - started
+    if call.metrics is not None:
+        call.metrics.observe_upstream(runtime.name, target.name, elapsed)
+    result = Result(Code.GATEWAY_INTERNAL, "", attempts=attempt, target=target.name,
+                    upstream_ms=(call.progress.result.upstream_ms or 0.0) + elapsed * 1000)
+    call.progress.result = result
+    outcome: Outcome | None
+    if isinstance(sent, Outcome):
+        outcome = sent
+        result.code, result.message = _failure(outcome, call.rule, attempt)
+        result.error = outcome.detail
+        result.status = outcome.status
+    else:
+        outcome = await _answered(call, result, *sent)
+    if observed is not None:
+        observed.end(result.status, result.code, result.error)
+    if outcome is None:
+        await runtime.credential.refresh()
+    return outcome
+
+
+async def _answered(call: _Call, result: Result, status: int, headers: CIMultiDictProxy[str],
+                    body: bytes) -> Outcome | None:
+    """The provider answered: its verdict into `result`. None when the answer says the credential
+    was refused and it has not been renewed yet during this call."""
+    result.status, result.headers, result.raw_body = status, headers, body
+    result.retry_after = headers.get("retry-after")
+    if len(body) > CLASSIFY_INLINE_BYTES or (len(body) > 16 * 1024 and "content-encoding" in headers):
+        # Decoding and parsing a large answer (or one that may inflate) takes a while: in a
+        # thread, so other callers keep being served meanwhile.
+        verdict = await asyncio.to_thread(_classify, call.runtime, call.rule, status, headers, body)
+    else:
+        verdict = _classify(call.runtime, call.rule, status, headers, body)
+    result.verdict = verdict
+    result.code, result.message, result.data = verdict.code, verdict.message, verdict.result_data
+    result.error = verdict.detail
+    if ((verdict.code != 0 or verdict.provider_code is not None) and not call.refreshed
+            and call.runtime.credential.rejected(status, verdict.provider_code)):
+        call.refreshed = True
+        return None
+    if verdict.code:
+        return Outcome.answer(status, verdict.code, result.retry_after, detail=verdict.detail)
+    return Outcome.answer(status)
 
 
 def _classify(runtime: ServiceRuntime, rule: str, status: int, headers: CIMultiDictProxy[str],
@@ -393,7 +422,7 @@ def _classify(runtime: ServiceRuntime, rule: str, status: int, headers: CIMultiD
         decoded = decode_body(headers, body)
     except decompress.DecodedTooLarge:
         return Verdict(Code.UPSTREAM_UNREADABLE, f"{rule}: upstream answer unreadable", None,
-                       detail=f"answer decodes to more than {MAX_BODY // (1024 * 1024)} MiB")
+                       detail=f"answer decodes to more than {MAX_BODY // MIB} MiB")
     except (ValueError, OSError, EOFError):
         return Verdict(Code.UPSTREAM_UNREADABLE, f"{rule}: upstream answer unreadable", None,
                        detail=f"bad content-encoding {headers.get('content-encoding')!r}")

@@ -31,8 +31,8 @@ from typing import Any, Literal
 
 import aiohttp
 
-from addons.rules.schema import HealthSpec, UpstreamSpec
 from addons.timestamps import rfc3339
+from addons.upstream.schema import HealthSpec, UpstreamSpec
 
 log = logging.getLogger(__name__)
 

@@ -29,7 +29,7 @@ from datetime import UTC
 from email.utils import parsedate_to_datetime
 from typing import Literal
 
-from addons.rules.schema import RetrySpec
+from addons.upstream.schema import RetrySpec
 
 OutcomeKind = Literal["connect", "timeout", "status", "code", "ok"]
 

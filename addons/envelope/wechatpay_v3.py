@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from addons.envelope import (
+from addons.envelope.base import (
     ProviderAnswer,
     Unreadable,
     Verdict,
@@ -48,9 +48,9 @@ class WechatPayV3Adapter(_Base):
             return Verdict(code, sentence(rule, code, f" (HTTP {status})"), None, f"HTTP {status}")
         if 200 <= status < 300 or verdict.provider_code is None:
             return verdict
-        code = self.CODES.get(verdict.provider_code, verdict.code)
+        judged: int = self.CODES.get(verdict.provider_code, verdict.code)
         suffix = f" (HTTP {status}, code {_clip(verdict.provider_code, 80)})"
-        return Verdict(code, sentence(rule, code, suffix), None, verdict.detail, verdict.provider_code)
+        return Verdict(judged, sentence(rule, judged, suffix), None, verdict.detail, verdict.provider_code)
 
     def _body(self, answer: ProviderAnswer, rule: str) -> Verdict:
         if not answer.body.strip():
