@@ -25,7 +25,7 @@ class AccessLogger:
         self.gw = gw
         gw.finish = self._finish  # for calls that end without a response hook (a refused CONNECT)
 
-    def load(self, loader) -> None:  # type: ignore[no-untyped-def]
+    def load(self, loader) -> None:
         loader.add_option("gateway_log", str, "", "File for the access log (JSON lines); empty: stdout.")
 
     def configure(self, updated: set[str]) -> None:

@@ -103,11 +103,11 @@ class Forward:
             # envelope: it goes to the caller as it came, with X-Request-ID set.
             self._raw(flow, call, result, method)
         else:
-            verdict = result.verdict
+            answered = result.verdict
             # The provider's bytes stand for data only while data is still the body they encode.
             data_json = None
-            if verdict is not None and (result.data is SPLICED or verdict.data is result.data):
-                data_json = verdict.data_json
+            if answered is not None and (result.data is SPLICED or answered.data is result.data):
+                data_json = answered.data_json
             data = None if result.data is SPLICED else result.data
             answer(flow, call, result.code, result.message, data, data_json=data_json)
         if flow.response is not None:

@@ -19,6 +19,7 @@ from addons.explicit import EXPLICIT_HOST, json_object, template_params
 from addons.identity.directory import parse_basic
 from addons.limits import MAX_BODY
 from addons.rules.router import UNMATCHED
+from addons.rules.router import Route as RuleRoute
 
 log = logging.getLogger("gateway")
 
@@ -127,6 +128,7 @@ class Route:
         compiled = self.gw.compiled
         assert compiled is not None
         request = flow.request
+        route: RuleRoute | None
         try:
             if call.host == EXPLICIT_HOST:
                 parts = request.path.split("?", 1)[0].strip("/").split("/")

@@ -46,7 +46,7 @@ class State:
         gw.on_rules_changed.append(self._rules_changed)
         self._tasks: set[asyncio.Task[None]] = set()  # referenced until done, or the loop may drop them
 
-    def load(self, loader) -> None:  # type: ignore[no-untyped-def]
+    def load(self, loader) -> None:
         loader.add_option("gateway_redis", str, "",
                           "Shared state store (quotas, tokens, nonces): redis://, rediss://, "
                           "redis+cluster://h1:p1,h2:p2 or redis+sentinel://h1:p1,h2:p2/MASTER; "

@@ -46,7 +46,7 @@ class WebView:
         self._finished: collections.deque[http.HTTPFlow] = collections.deque()
         self._storing = True  # until running() knows better: cleaning too much is the safe side
 
-    def load(self, loader) -> None:  # type: ignore[no-untyped-def]
+    def load(self, loader) -> None:
         loader.add_option("gateway_web_keep", int, 2000,
                           "mitmweb: keep only the newest N finished flows in memory (0: keep none).")
 

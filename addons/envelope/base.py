@@ -63,7 +63,7 @@ class SplicedVerdict(Verdict):
     def __init__(self, data_json: bytes) -> None:
         super().__init__(0, "success", _UNPARSED, data_json=data_json)
 
-    @property  # type: ignore[override]
+    @property
     def data(self) -> Any:
         value = self.__dict__.get("_data", _UNPARSED)
         if value is _UNPARSED:

@@ -54,6 +54,7 @@ def connect(url: str, *, timeout: float, connect_timeout: float, max_connections
         "health_check_interval": 0,
     }
     if target.kind == "single":
+        pool: aioredis.ConnectionPool
         if blocking:
             pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=max_connections, timeout=timeout,
                                                             **common)

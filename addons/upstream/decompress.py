@@ -12,9 +12,9 @@ import zlib
 import brotli
 
 try:  # Python 3.14
-    from compression import zstd  # type: ignore[import-not-found]
+    from compression import zstd  # type: ignore[import-not-found, unused-ignore]
 except ImportError:  # pragma: no cover - depends on the Python version
-    from backports import zstd  # type: ignore[import-not-found,no-redef]
+    from backports import zstd  # type: ignore[import-not-found, no-redef, unused-ignore]
 
 SLICE = 1024 * 1024  # output produced per step: the limit is checked at least this often
 
