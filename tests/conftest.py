@@ -139,7 +139,9 @@ def gateways() -> Iterator[list[object]]:
 UNIT_MODULES = frozenset({
     "test_envelope.py", "test_explicit.py", "test_fail_closed.py", "test_health.py", "test_hostile_units.py",
     "test_quota.py", "test_redact.py", "test_retry.py", "test_signing.py", "test_wechatpay_v3.py",
-    "test_tokens.py", "test_state.py", "test_remote_feed.py",
+    "test_tokens.py", "test_state.py", "test_remote_feed.py", "test_cache_glue.py", "test_dashboard.py",
+    "test_egress_policy.py", "test_forwarder.py", "test_shaping.py", "test_shaping_glue.py", "test_statuspage.py",
+    "test_tracing.py",
 })
 SUBPROCESS_FIXTURES = frozenset({"redis_server", "redis_url", "restart_redis", "gateways", "confdir"})
 
