@@ -57,22 +57,9 @@ def parse_redis_url(url: str) -> RedisTarget:
     userinfo, at, hosts = netloc.rpartition("@")
     if not at:
         hosts, userinfo = netloc, ""
-    username = password = None
-    if userinfo:
-        user, colon, secret = userinfo.partition(":")
-        username = unquote(user) or None
-        password = unquote(secret) if colon else None
-    nodes: list[tuple[str, int]] = []
-    for item in hosts.split(","):
-        host, colon, port = item.strip().rpartition(":")
-        if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ValueError(f"gateway_redis: {kind} node {item.strip()!r} is not host:port")
-        nodes.append((host.strip("[]"), int(port)))
-    options: dict[str, str] = {}
-    for name, values in parse_qs(query, keep_blank_values=True).items():
-        if name not in _MULTI_QUERY:
-            raise ValueError(f"gateway_redis: unknown option {name!r} (known: {', '.join(sorted(_MULTI_QUERY))})")
-        options[name] = values[-1]
+    username, password = _credentials(userinfo)
+    nodes = _nodes(kind, hosts)
+    options = _options(query)
     parts = [p for p in path.split("/") if p]
     master = None
     if kind == "sentinel":
@@ -86,6 +73,32 @@ def parse_redis_url(url: str) -> RedisTarget:
     if kind == "cluster" and db != 0:
         raise ValueError("gateway_redis: Redis Cluster has only database 0")
     return RedisTarget(kind, url, tuple(nodes), username, password, db, master, tls, options)
+
+
+def _credentials(userinfo: str) -> tuple[str | None, str | None]:
+    if not userinfo:
+        return None, None
+    user, colon, secret = userinfo.partition(":")
+    return unquote(user) or None, unquote(secret) if colon else None
+
+
+def _nodes(kind: Kind, hosts: str) -> list[tuple[str, int]]:
+    nodes: list[tuple[str, int]] = []
+    for item in hosts.split(","):
+        host, colon, port = item.strip().rpartition(":")
+        if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"gateway_redis: {kind} node {item.strip()!r} is not host:port")
+        nodes.append((host.strip("[]"), int(port)))
+    return nodes
+
+
+def _options(query: str) -> dict[str, str]:
+    options: dict[str, str] = {}
+    for name, values in parse_qs(query, keep_blank_values=True).items():
+        if name not in _MULTI_QUERY:
+            raise ValueError(f"gateway_redis: unknown option {name!r} (known: {', '.join(sorted(_MULTI_QUERY))})")
+        options[name] = values[-1]
+    return options
 
 
 def slot_tag(key: str) -> str:
