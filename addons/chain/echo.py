@@ -6,7 +6,9 @@ from __future__ import annotations
 
 from mitmproxy import http
 
+from addons.limits import MAX_BODY
 from addons.redact import Redactor
+from addons.upstream import decompress
 
 
 def mask_echoed_secrets(response: http.Response, redactor: Redactor) -> None:
@@ -27,7 +29,8 @@ def mask_echoed_secrets(response: http.Response, redactor: Redactor) -> None:
         return
     # A raw answer kept its encoding (gzip, br): look inside, and re-encode only if something changed.
     try:
-        decoded = response.get_content(strict=True) or b""
+        # The project's bounded decoder (64 MiB), not mitmproxy's, which inflates without a limit.
+        decoded = decompress.decode(raw, response.headers.get("content-encoding", ""), MAX_BODY)
     except ValueError:
         response.raw_content = b""  # cannot be looked into: it is not handed on unchecked
         response.headers["Content-Length"] = "0"
