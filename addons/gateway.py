@@ -30,6 +30,7 @@ from addons.chain.admin import Admin  # noqa: E402
 from addons.chain.cache import Cache, CachedForward, CacheLookup  # noqa: E402
 from addons.chain.connections import ClientConnections  # noqa: E402
 from addons.chain.context import CallPipeline, GatewayContext  # noqa: E402
+from addons.chain.dispatch import MemoDispatch  # noqa: E402
 from addons.chain.egress import Egress  # noqa: E402
 from addons.chain.forward import Forward  # noqa: E402
 from addons.chain.identify import Identify  # noqa: E402
@@ -55,6 +56,7 @@ watch = Watch(gw, rules)
 addons = [
     # -- set-up: options, state, rules, the admin listener (load / configure / running / done) --------
     LeanAddons(),      # gateway_lean: mitmproxy's default addons left idle here are removed at start
+    MemoDispatch(),    # gateway_lean: each event's hooks looked up once per chain change, not per event
     # gateway_log: opened (stdout made JSON lines only) before the set-up below logs anything; its
     # response / error hooks write a call's line at the call's end, before WebView cleans the flow.
     AccessLogger(gw),

@@ -579,6 +579,7 @@ class Measurement:
     p99_ms: float
     errors: int  # socket errors and timeouts
     non2xx: int
+    cpu_us: float | None = None  # the serving process's CPU time per call, microseconds
 
 
 @dataclass
@@ -707,6 +708,7 @@ class Row:
     p99_ms: float | None = None
     ratio_vs_baseline: float | None = None
     p99_added_ms: float | None = None
+    cpu_us: float | None = None  # median CPU time of the serving process per call, microseconds
 
     def summarize(self, rows: dict[str, Row]) -> None:
         if not self.runs:
@@ -714,6 +716,8 @@ class Row:
         self.rps = statistics.median(m.rps for m in self.runs)
         self.p50_ms = statistics.median(m.p50_ms for m in self.runs)
         self.p99_ms = statistics.median(m.p99_ms for m in self.runs)
+        cpu = [m.cpu_us for m in self.runs if m.cpu_us is not None]
+        self.cpu_us = statistics.median(cpu) if cpu else None
         if self.name in BASELINE.values():
             self.ratio_vs_baseline, self.p99_added_ms = 1.0, 0.0
         base = rows.get(self.baseline or "")
@@ -769,17 +773,24 @@ def measure(args: argparse.Namespace, stack: Stack, procs: Processes, rows: dict
                 raw = run_load(procs, load, warm, args.connections, args.rate)
                 count_sent(stack, name, raw)
             warmed.add(name)
+            server = procs.running.get(SERVER_OF[name])
+            cpu_before = group_cpu_seconds(server.pid) if server else None
             raw = run_load(procs, load, args.duration, args.connections, args.rate)
+            cpu_after = group_cpu_seconds(server.pid) if server else None
             count_sent(stack, name, raw)
         except BenchError as exc:
             row.error = str(exc)
             print(f"  [{i}/{len(plan)}] {name}: FAILED: {exc}", file=sys.stderr, flush=True)
             continue
+        cpu_us = None
+        if cpu_before is not None and cpu_after is not None and raw["requests"]:
+            cpu_us = (cpu_after - cpu_before) / raw["requests"] * 1e6
         m = Measurement(name, rnd, pair, round(raw["seconds"], 3), int(raw["requests"]), raw["rps"],
-                        raw["p50_ms"], raw["p99_ms"], int(raw["errors"]), int(raw["non2xx"]))
+                        raw["p50_ms"], raw["p99_ms"], int(raw["errors"]), int(raw["non2xx"]), cpu_us)
         row.runs.append(m)
         print(f"  [{i}/{len(plan)}] round {rnd + 1} {name:<10} {m.rps:>10,.0f} req/s  p50 {m.p50_ms:7.2f} ms  "
-              f"p99 {m.p99_ms:7.2f} ms" + (f"  errors {m.errors} non-2xx {m.non2xx}" if m.errors or m.non2xx else ""),
+              f"p99 {m.p99_ms:7.2f} ms  cpu {fmt(cpu_us, '.0f', ' us/call')}"
+              + (f"  errors {m.errors} non-2xx {m.non2xx}" if m.errors or m.non2xx else ""),
               file=sys.stderr, flush=True)
     for row in rows.values():
         bad = sum(m.non2xx + m.errors for m in row.runs)
@@ -833,6 +844,38 @@ def soak(args: argparse.Namespace, stack: Stack, procs: Processes) -> dict[str, 
                        "max": max(kb for _, kb in samples) / 1024},
             "growth_pct": growth, "growth_second_half_pct": 100.0 * (end_kb - mid_kb) / mid_kb,
             "flat": growth <= args.soak_max_growth, "samples": samples}
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User plus system CPU time of one process, in seconds (/proc/PID/stat fields 14 and 15)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def group_cpu_seconds(pid: int) -> float | None:
+    """CPU time of the server of a row: the process and every process of its group (run_proxy.sh's
+    mitmdump, the workers row's workers). Read before and after a measured run, it gives what one call
+    cost the proxy itself, which the machine's other load barely moves (unlike req/s)."""
+    try:
+        pgid = os.getpgid(pid)
+    except ProcessLookupError:
+        return None
+    total, found = 0.0, False
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if os.getpgid(int(entry.name)) != pgid:
+                continue
+        except (OSError, ProcessLookupError):
+            continue
+        seconds = cpu_seconds(int(entry.name))
+        if seconds is not None:
+            total, found = total + seconds, True
+    return total if found else None
 
 
 def group_rss_kb(pid: int) -> int | None:
@@ -913,7 +956,7 @@ def fmt(value: float | None, spec: str, suffix: str = "") -> str:
 
 def table(rows: dict[str, Row]) -> str:
     header = f"{'row':<11} {'what':<36} {'tool':<4} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'vs bare':>8} " \
-             f"{'p99 added':>10}"
+             f"{'p99 added':>10} {'cpu/call':>9}"
     out = [header, "-" * len(header)]
     for row in rows.values():
         if row.error and not row.runs:
@@ -922,7 +965,8 @@ def table(rows: dict[str, Row]) -> str:
         added = None if row.p99_added_ms is None else row.p99_added_ms
         out.append(f"{row.name:<11} {row.label:<36} {row.tool:<4} {fmt(row.rps, ',.0f'):>9} "
                    f"{fmt(row.p50_ms, '.2f'):>8} {fmt(row.p99_ms, '.2f'):>8} "
-                   f"{fmt(row.ratio_vs_baseline, '.2f', 'x'):>8} {fmt(added, '+.1f', ' ms'):>10}")
+                   f"{fmt(row.ratio_vs_baseline, '.2f', 'x'):>8} {fmt(added, '+.1f', ' ms'):>10} "
+                   f"{fmt(row.cpu_us, ',.0f', ' us'):>9}")
         if row.error:
             out.append(f"{'':<11} ^ {row.error.splitlines()[0][:200]}")
     return "\n".join(out)

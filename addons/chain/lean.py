@@ -182,6 +182,9 @@ def _remove(manager: Any, addon: Any) -> None:
     name = addon_name(addon)
     manager.chain = [a for a in manager.chain if a is not addon]
     manager.lookup.pop(name, None)
+    forget = getattr(manager, "forget", None)  # a MemoAddonManager's remembered hooks (chain/dispatch.py)
+    if forget is not None:
+        forget()
     done = getattr(addon, "done", None)
     if done is None:
         return
