@@ -33,6 +33,7 @@ from addons.chain.context import CallPipeline, GatewayContext  # noqa: E402
 from addons.chain.dispatch import MemoDispatch  # noqa: E402
 from addons.chain.egress import Egress  # noqa: E402
 from addons.chain.forward import Forward  # noqa: E402
+from addons.chain.heap import FrozenHeap  # noqa: E402
 from addons.chain.identify import Identify  # noqa: E402
 from addons.chain.lean import LeanAddons  # noqa: E402
 from addons.chain.quota import Quota  # noqa: E402
@@ -67,6 +68,7 @@ addons = [
     Admin(gw, watch),  # gateway_admin: /metrics /healthz /readyz /status, the status page at /
     Tracing(gw),       # gateway_otlp: OpenTelemetry traces over OTLP/HTTP (off when unset)
     shaping,           # queued quotas, the provider's quota; drops a disconnected caller's waiting calls
+    FrozenHeap(gw),    # gateway_gc_freeze: long-lived objects kept out of full garbage collections
     # -- a connection and its request headers -------------------------------------------------------
     HideProxyAuth(gw),  # mitmweb only: Proxy-Authorization kept out of the flow list until `request`
     ClientConnections(gw),  # gateway.client_idle, gateway.header_timeout: idle and slow clients closed

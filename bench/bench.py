@@ -41,6 +41,10 @@ Everything runs on this machine, on 127.0.0.1 and free ports, and is stopped at 
   each measurement after a warm-up (``--warmup``, plus ``--first-warmup`` the first time). The
   table shows medians; "vs bare" is the median of the per-pair req/s ratios and "p99 added" the
   median of the per-pair p99 differences, so a machine that slows down between rounds cancels out.
+- "cpu/call": the CPU time (user + system) the serving process (all of its process group: the
+  workers row's workers) spent per call during the measured runs, read from /proc before and after
+  each; the median over runs. A saturated proxy's cpu/call is about 1 / req/s; below saturation it
+  is what a call costs, whatever the rate.
 - ``--rate R``: every row with hey at a fixed total rate of R requests/s (``-q`` per connection)
   instead of as fast as possible, so the latency columns show what a proxy adds below saturation.
 - ``--soak S``: after the rounds, a sustained load on one gateway (``--soak-row``, default gw-mem)

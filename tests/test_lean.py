@@ -33,6 +33,7 @@ def test_idle_defaults_are_removed_and_calls_still_work(tmp_path: Path, confdir:
         assert r.status_code == 200 and r.json()["data"] == {"greeting": "hi"}
         removed = removed_list(gw.output())
         assert "hook dispatch memoized" in gw.output()
+        assert "heap frozen" in gw.output()  # FrozenHeap (addons/chain/heap.py), on by default
     assert {"mapremote", "modifyheaders", "save", "dumper", "clientplayback", "proxyauth"} <= removed
     assert not removed & {"core", "proxyserver", "tlsconfig", "scriptloader", "block", "nextlayer"}
 
