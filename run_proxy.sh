@@ -51,6 +51,14 @@ add_default gateway_rules_url "${GATEWAY_RULES_URL:-}"
 add_default gateway_otlp "${GATEWAY_OTLP:-}"
 add_default flow_detail 0
 
+# With the access log on stdout, mitmproxy's own log goes to stderr from its first line
+# (scripts/mitmproxy_main.py; the chain moves the rest itself), so stdout is JSON lines only.
+if [ -z "${GATEWAY_LOG:-}" ] && ! user_sets gateway_log; then
+    export GATEWAY_TERMLOG_STDERR=1
+else
+    unset GATEWAY_TERMLOG_STDERR
+fi
+
 workers="${GATEWAY_WORKERS:-1}"
 if ! [[ "$workers" =~ ^[0-9]+$ ]] || [ "$workers" -lt 1 ]; then
     gw_log "gateway: GATEWAY_WORKERS must be a positive number, got '$workers'"
@@ -71,5 +79,5 @@ elif [ -n "${GATEWAY_UI:-}" ]; then
 fi
 # exec: SIGINT/SIGTERM go straight to mitmproxy, which shuts the chain down cleanly.
 add_default gateway_admin "${GATEWAY_ADMIN:-127.0.0.1:9091}"
-exec "$GW_ROOT/.venv/bin/$ui" --listen-host "$listen_host" --listen-port "$listen_port" \
+exec "$GW_PY" "$GW_ROOT/scripts/mitmproxy_main.py" "$ui" --listen-host "$listen_host" --listen-port "$listen_port" \
     "${common[@]}" "${extra[@]}" "$@"

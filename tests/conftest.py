@@ -141,7 +141,7 @@ UNIT_MODULES = frozenset({
     "test_quota.py", "test_redact.py", "test_retry.py", "test_signing.py", "test_wechatpay_v3.py",
     "test_tokens.py", "test_state.py", "test_remote_feed.py", "test_cache_glue.py", "test_dashboard.py",
     "test_egress_policy.py", "test_forwarder.py", "test_shaping.py", "test_shaping_glue.py", "test_statuspage.py",
-    "test_tracing.py", "test_dispatch.py", "test_heap.py",
+    "test_tracing.py", "test_dispatch.py", "test_heap.py", "test_resp_lane.py",
 })
 SUBPROCESS_FIXTURES = frozenset({"redis_server", "redis_url", "restart_redis", "gateways", "confdir"})
 

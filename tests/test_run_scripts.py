@@ -129,10 +129,13 @@ def requests_total(admin: str, service: str | None = None) -> float:
 class Script:
     """./run_proxy.sh as a subprocess in its own session, its stdout and stderr in one file."""
 
-    def __init__(self, out: Path, env: dict[str, str], args: list[str] | None = None) -> None:
+    def __init__(self, out: Path, env: dict[str, str], args: list[str] | None = None,
+                 err: Path | None = None) -> None:
         self.out_path = out
         self.out = open(out, "wb")
-        self.proc = subprocess.Popen([RUN_PROXY, *(args or [])], stdout=self.out, stderr=subprocess.STDOUT,
+        self.err = open(err, "wb") if err is not None else None  # else stderr goes to `out` too
+        self.proc = subprocess.Popen([RUN_PROXY, *(args or [])], stdout=self.out,
+                                     stderr=self.err if self.err is not None else subprocess.STDOUT,
                                      env=env, cwd=str(ROOT), start_new_session=True)
 
     def output(self) -> str:
@@ -161,11 +164,14 @@ class Script:
         except subprocess.TimeoutExpired:
             pass
         self.out.close()
+        if self.err is not None:
+            self.err.close()
 
 
 @contextmanager
-def run_proxy(out: Path, env: dict[str, str], args: list[str] | None = None) -> Iterator[Script]:
-    script = Script(out, env, args)
+def run_proxy(out: Path, env: dict[str, str], args: list[str] | None = None,
+              err: Path | None = None) -> Iterator[Script]:
+    script = Script(out, env, args, err)
     try:
         yield script
     finally:
@@ -255,6 +261,34 @@ def test_run_proxy_serves_logs_passes_arguments_on_and_stops_on_sigterm(tmp_path
         wait_port_closed(port, 5)
         wait_port_closed(admin_port, 5)
         assert "Traceback" not in script.output()
+
+
+def test_with_the_access_log_on_stdout_every_stdout_line_is_json(tmp_path: Path, fake: FakeProvider) -> None:
+    """From the first line: mitmproxy's own "Loading script" line included goes to stderr."""
+    fake.on("GET", "/hello", Reply(200, {"greeting": "hi"}))
+    port, admin_port = free_port(), free_port()
+    admin = f"http://127.0.0.1:{admin_port}"
+    env = script_env(GATEWAY_RULES=str(demo_rules(tmp_path / "rules", fake)), GATEWAY_LISTEN=f"127.0.0.1:{port}",
+                     GATEWAY_ADMIN=f"127.0.0.1:{admin_port}", DEMO_KEY="injected-key-123456")
+    out, err = tmp_path / "stdout", tmp_path / "stderr"
+    with run_proxy(out, env, err=err) as script:
+        def is_ready() -> bool:
+            script.check_running()
+            return ready(admin)
+
+        wait_until(is_ready, 60, what=f"/readyz of run_proxy.sh\n{err.read_text(errors='replace')}")
+        r = requests.get("http://api.demo.test/hello", headers={"X-Request-ID": "stdout-json-1"},
+                         proxies=proxies(port), timeout=10)
+        assert r.json()["code"] == 0
+
+        def logged() -> list[dict[str, Any]] | None:
+            lines = [line for line in out.read_text().splitlines() if line.strip()]
+            records = [json.loads(line) for line in lines]  # every line, the first included, or this raises
+            return records if any(x.get("request_id") == "stdout-json-1" for x in records) else None
+
+        wait_until(logged, 10, what=f"the access-log line on stdout\n{out.read_text()}")
+        assert script.terminate() in (0, -signal.SIGTERM)
+    assert "Loading script" in err.read_text()  # mitmproxy's own lines are kept, on stderr
 
 
 # -- 2. interpreter discovery ---------------------------------------------------------------------

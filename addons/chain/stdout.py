@@ -16,3 +16,17 @@ def stdout_for_the_access_log(master: Any) -> None:
     dumper = master.addons.get("dumper")
     if dumper is not None and getattr(dumper, "outfp", None) is sys.stdout:
         dumper.outfp = sys.stderr
+
+
+def termlog_to_stderr() -> None:
+    """Make mitmproxy's terminal log print to stderr from its first line on. For a launcher to call
+    before mitmproxy starts (scripts/mitmproxy_main.py): mitmproxy logs "Loading script ..." before
+    the chain is loaded, so `stdout_for_the_access_log` comes too late for that one line."""
+    from mitmproxy.addons import termlog
+
+    handler_init = termlog.TermLogHandler.__init__
+
+    def to_stderr(self: Any, out: Any = None) -> None:
+        handler_init(self, out or sys.stderr)
+
+    termlog.TermLogHandler.__init__ = to_stderr  # type: ignore[method-assign]

@@ -40,9 +40,11 @@ import asyncio
 import hashlib
 import secrets
 import ssl
+from collections.abc import Awaitable
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from redis.asyncio.connection import Connection
 from redis.exceptions import (
     AuthenticationError,
     NoScriptError,
@@ -55,6 +57,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from addons.state.base import Admission, QuotaCheck, StateUnavailable
 from addons.state.clients import connect
 from addons.state.engines import RedisTarget, parse_redis_url, slot_tag
+from addons.state.resp import RespLane
 
 # Check every counter first and refuse without counting if any is full; otherwise count them all.
 # Atomic because Redis runs a script alone: no other instance's admission can interleave.
@@ -204,6 +207,7 @@ class RedisStore:
         self._pool: Any = connected.pool
         if connected.sentinel is not None:
             self._sentinel = connected.sentinel
+        self._lane = _lane_for(self._pool, self.connect_timeout) if self.kind == "single" else None
         self._admit_sha = self._sha(ADMIT_LUA)
         self._rollback_sha = self._sha(ROLLBACK_LUA)
         self._release_sha = self._sha(RELEASE_LUA)
@@ -217,13 +221,18 @@ class RedisStore:
         return hashlib.sha1(script.encode(), usedforsecurity=False).hexdigest()
 
     async def _evalsha(self, sha: str, script: str, keys: list[str], args: list[str | int]) -> object:
+        run = self._client.evalsha if self._lane is None else self._lane_evalsha
         try:
-            return await self._client.evalsha(sha, len(keys), *keys, *args)
+            return await run(sha, len(keys), *keys, *args)
         except NoScriptError:
             # First use on this server, or it restarted / was flushed: load once, then run by hash.
             # (On a cluster SCRIPT LOAD goes to every master.)
             await self._client.script_load(script)
-            return await self._client.evalsha(sha, len(keys), *keys, *args)
+            return await run(sha, len(keys), *keys, *args)
+
+    def _lane_evalsha(self, sha: str, numkeys: int, *keys_and_args: str | int) -> Awaitable[Any]:
+        assert self._lane is not None
+        return self._lane.execute("EVALSHA", sha, numkeys, *keys_and_args)
 
     async def _run(self, what: Any) -> Any:
         """Run one operation (a zero-argument coroutine function) within the deadline."""
@@ -409,6 +418,8 @@ class RedisStore:
         raise StateUnavailable(f"redis: no Sentinel of {self.url} answered")
 
     async def close(self) -> None:
+        if self._lane is not None:
+            self._lane.close()
         try:
             await self._client.aclose()
         except (RedisError, OSError):
@@ -416,6 +427,16 @@ class RedisStore:
 
     def status(self) -> dict[str, object]:
         return {"backend": self.backend, "engine": self.kind, "url": self.url, "prefix": self.prefix}
+
+
+def _lane_for(pool: Any, connect_timeout: float) -> RespLane | None:
+    """The pipelined lane for the scripts (addons/state/resp.py), on a plain TCP server only."""
+    if pool is None or pool.connection_class is not Connection:
+        return None  # TLS or a Unix socket: redis-py's connections
+    kwargs = pool.connection_kwargs
+    return RespLane(kwargs.get("host", "localhost"), int(kwargs.get("port", 6379)),
+                    username=kwargs.get("username"), password=kwargs.get("password"),
+                    db=int(kwargs.get("db", 0) or 0), connect_timeout=connect_timeout)
 
 
 def sentinel_name(sentinel: Any) -> str:
