@@ -118,6 +118,17 @@ async def test_a_server_that_is_not_redis_fails_the_call_and_the_next_reconnects
         lane.close()
 
 
+async def test_a_huge_reply_is_refused_not_buffered(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(resp, "MAX_REPLY_BUFFER", 64 * 1024)
+    # Announces a 1 GB bulk string and sends 128 KB of it: the lane gives up past its buffer bound.
+    async with FakeRedis(lambda c: b"$1000000000\r\n" + b"x" * 128 * 1024).running() as fake:
+        lane = RespLane("127.0.0.1", fake.port)
+        with pytest.raises(RedisConnectionError, match="larger than"):
+            await asyncio.wait_for(lane.execute("GET", "k"), 2)
+        assert lane._protocol is None or lane._protocol.lost is not None
+        lane.close()
+
+
 async def test_a_reply_nobody_asked_for_drops_the_connection() -> None:
     async with FakeRedis(lambda c: b":1\r\n:2\r\n").running() as fake:  # two replies to one command
         lane = RespLane("127.0.0.1", fake.port)

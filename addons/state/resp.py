@@ -30,6 +30,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 MAX_PENDING = 4096  # commands in flight on the connection; past it a command fails at once
 STALL_S = 1.0  # a command unanswered this long: the connection is given up
+# Unparsed bytes held for a reply still incomplete. The scripts answer with a few integers; a server
+# announcing a huge reply (or never finishing one) must not grow the gateway's memory.
+MAX_REPLY_BUFFER = 1 << 20
 
 
 def encode(args: tuple[Any, ...]) -> bytes:
@@ -62,6 +65,11 @@ class _Protocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.reader.feed(data)
+        if self.reader.len() > MAX_REPLY_BUFFER:
+            self._fail(RedisConnectionError(f"reply larger than {MAX_REPLY_BUFFER} bytes"))
+            if self.transport is not None:
+                self.transport.close()
+            return
         while True:
             try:
                 reply = self.reader.gets()
