@@ -29,6 +29,7 @@ class FakeRedis:
         self.answer = answer
         self.commands: list[list[bytes]] = []
         self.connections = 0
+        self.closed = 0  # connections the client closed
         self.server: asyncio.Server | None = None
         self.port = 0
 
@@ -45,7 +46,9 @@ class FakeRedis:
                         reply = await reply
                     if reply is not None:
                         writer.write(reply)
+            self.closed += 1
         except ConnectionError:
+            self.closed += 1
             pass
         finally:
             writer.close()
@@ -95,6 +98,19 @@ async def test_auth_and_select_are_sent_first_and_a_refusal_says_why() -> None:
         with pytest.raises(Exception, match=r"WRONGPASS|invalid username-password"):
             await wrong.execute("PING")
         wrong.close()
+
+
+async def test_a_deadline_during_auth_leaves_no_connection_open() -> None:
+    async with FakeRedis(lambda c: None).running() as fake:  # never answers AUTH
+        lane = RespLane("127.0.0.1", fake.port, password="pw")
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(lane.execute("PING"), 0.05)
+        deadline = time.monotonic() + 2
+        while fake.closed < 1:
+            assert time.monotonic() < deadline, "the half-set-up connection was left open"
+            await asyncio.sleep(0.01)
+        assert fake.commands == [[b"AUTH", b"pw"]]  # PING was never sent on it
+        lane.close()
 
 
 async def test_error_replies_raise_redis_pys_exceptions() -> None:

@@ -159,9 +159,9 @@ class RespLane:
             except OSError as exc:
                 raise RedisConnectionError(f"connect to {self.host}:{self.port} failed: {exc.strerror or exc}") \
                     from exc
-            except Exception:
+            except BaseException:  # AUTH or SELECT refused (the error says why), or the caller's deadline
                 if protocol is not None and protocol.transport is not None:
-                    protocol.transport.close()  # AUTH or SELECT refused: the error says why
+                    protocol.transport.close()  # never left open, unused
                 raise
             self._protocol = protocol
             return protocol
