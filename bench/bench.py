@@ -859,48 +859,42 @@ def cpu_seconds(pid: int) -> float | None:
         return None
 
 
-def group_cpu_seconds(pid: int) -> float | None:
-    """CPU time of the server of a row: the process and every process of its group (run_proxy.sh's
-    mitmdump, the workers row's workers). Read before and after a measured run, it gives what one call
-    cost the proxy itself, which the machine's other load barely moves (unlike req/s)."""
+def group_members(pid: int, mitmdump_only: bool = False) -> list[int] | None:
+    """The processes of `pid`'s process group (None when it is gone); `mitmdump_only`: those whose
+    command line names mitmdump (the workers row's workers, not run_proxy.sh's shell)."""
     try:
         pgid = os.getpgid(pid)
     except ProcessLookupError:
         return None
-    total, found = 0.0, False
+    members = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
             if os.getpgid(int(entry.name)) != pgid:
                 continue
+            if mitmdump_only and b"mitmdump" not in (entry / "cmdline").read_bytes():
+                continue
         except (OSError, ProcessLookupError):
             continue
-        seconds = cpu_seconds(int(entry.name))
-        if seconds is not None:
-            total, found = total + seconds, True
-    return total if found else None
+        members.append(int(entry.name))
+    return members
+
+
+def group_cpu_seconds(pid: int) -> float | None:
+    """CPU time of the server of a row: the process and every process of its group (run_proxy.sh's
+    mitmdump, the workers row's workers). Read before and after a measured run, it gives what one call
+    cost the proxy itself."""
+    readings = [cpu_seconds(member) for member in group_members(pid) or []]
+    found = [seconds for seconds in readings if seconds is not None]
+    return sum(found) if found else None
 
 
 def group_rss_kb(pid: int) -> int | None:
     """RSS of the process, or of the mitmdump processes in its group (the workers row)."""
-    try:
-        pgid = os.getpgid(pid)
-    except ProcessLookupError:
-        return None
-    total, found = 0, False
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            if os.getpgid(int(entry.name)) != pgid or b"mitmdump" not in (entry / "cmdline").read_bytes():
-                continue
-        except (OSError, ProcessLookupError):
-            continue
-        kb = rss_kb(int(entry.name))
-        if kb is not None:
-            total, found = total + kb, True
-    return total if found else rss_kb(pid)
+    readings = [rss_kb(member) for member in group_members(pid, mitmdump_only=True) or []]
+    found = [kb for kb in readings if kb is not None]
+    return sum(found) if found else rss_kb(pid)
 
 
 def check_gateways(stack: Stack) -> list[str]:
