@@ -11,6 +11,6 @@ gw_apt_ensure redis-cli redis-tools || gw_log "gateway: redis-cli unavailable; R
 gw_apt_ensure redis-sentinel redis-sentinel || gw_log "gateway: redis-sentinel unavailable (Sentinel tests run redis-server --sentinel)"
 gw_apt_ensure curl curl || true
 gw_apt_ensure chromium chromium || gw_log "gateway: chromium unavailable; the status page browser test will be skipped"
-"$GW_PY" -m ruff check addons gateway_client tests bench
+"$GW_PY" -m ruff check addons gateway_client tests bench scripts
 "$GW_PY" -m mypy  # files and per-module strictness: [tool.mypy] in pyproject.toml
 exec "$GW_PY" -m pytest -p no:cacheprovider "$@"

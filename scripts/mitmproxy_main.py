@@ -3,16 +3,14 @@
 With GATEWAY_TERMLOG_STDERR=1 (run_proxy.sh sets it when the access log goes to stdout), mitmproxy's
 own log goes to stderr from its very first line, so stdout holds the JSON access log only."""
 
-import os
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-if os.environ.get("GATEWAY_TERMLOG_STDERR") == "1":
-    from addons.chain.stdout import termlog_to_stderr
+from addons.chain.stdout import termlog_to_stderr_if_asked
 
-    termlog_to_stderr()
+termlog_to_stderr_if_asked()
 
 from mitmproxy.tools.main import mitmdump, mitmweb  # noqa: E402
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import os
 import shutil
 import socket
@@ -10,6 +12,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -40,6 +43,22 @@ def wait_until(predicate: Callable[[], object], timeout: float = 10.0, interval:
             last_exc = exc
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}" + (f": {last_exc!r}" if last_exc else ""))
+
+
+async def until(probe: Callable[[], object], timeout: float = 5.0, what: str = "condition",
+                interval: float = 0.02) -> Any:
+    """Poll `probe` (sync, or returning an awaitable) on the running loop until it gives something
+    truthy, or fail after `timeout` seconds; the other tasks run between polls."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = probe()
+        if inspect.isawaitable(value):
+            value = await value
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(interval)
 
 
 class RedisServer:

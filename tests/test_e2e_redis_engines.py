@@ -14,7 +14,6 @@ from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -25,7 +24,7 @@ from addons.cache.stores.redis import RedisCache
 from addons.shaping.fleet import FleetBlocks
 from addons.state.base import QuotaCheck
 from addons.state.redis import RedisStore
-from tests.conftest import wait_until
+from tests.conftest import until, wait_until
 from tests.fakes import FakeProvider
 from tests.harness import Gateway, write_rules
 from tests.redis_engines import Cluster, SentinelSet, Server, tls_files
@@ -134,26 +133,19 @@ async def test_the_cache_and_the_shaping_channel_share_a_cluster(clean_cluster: 
         assert (await second.status())["entries"] == 6
         assert await second.purge("svc1") == 2 and await first.get("svc1.m:1") is None
         listener.start()
-        await wait_for(lambda: listener.subscribed, 10, "the listener subscribed")
-        until = time.time() + 30
-        await publisher.publish("wechat", until, time.time())
-        await wait_for(lambda: heard == [("wechat", until)], 10, "the block heard by the other instance")
+        await until(lambda: listener.subscribed, 10, "the listener subscribed")
+        blocked_until = time.time() + 30
+        await publisher.publish("wechat", blocked_until, time.time())
+        await until(lambda: heard == [("wechat", blocked_until)], 10, "the block heard by the other instance")
         late = FleetBlocks(clean_cluster.url, lambda s, u: heard.append((s, u)), lambda: ["wechat"])
         try:  # an instance starting later reads the block from its key
             late.start()
-            await wait_for(lambda: len(heard) == 2, 10, "the block read by a late instance")
+            await until(lambda: len(heard) == 2, 10, "the block read by a late instance")
         finally:
             await late.close()
     finally:
         for closing in (first.close(), second.close(), publisher.close(), listener.close()):
             await closing
-
-
-async def wait_for(condition: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.02)
 
 
 def test_two_gateways_on_a_cluster_admit_exactly_the_quotas(tmp_path: Path, confdir: Path, fake: FakeProvider,

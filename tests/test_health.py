@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -21,7 +21,7 @@ from addons.upstream.health import (
     TargetHealth,
     half_open_cooldown,
 )
-from tests.conftest import free_port
+from tests.conftest import free_port, until
 
 WAIT = 5.0  # upper bound for any condition below; they normally hold within a few probe intervals
 
@@ -56,16 +56,6 @@ class Changes:
                     await self._changed.wait()
         except TimeoutError:
             raise AssertionError(f"timed out after {WAIT}s waiting for {target} up={up}") from None
-
-
-async def until(predicate: Callable[[], bool], what: str) -> None:
-    """Wait for a condition polled every 10 ms, failing after WAIT seconds."""
-    try:
-        async with asyncio.timeout(WAIT):
-            while not predicate():
-                await asyncio.sleep(0.01)
-    except TimeoutError:
-        raise AssertionError(f"timed out after {WAIT}s waiting for {what}") from None
 
 
 def spec(**overrides: Any) -> HealthSpec:
@@ -322,7 +312,7 @@ async def test_prober_task_flips_target_down_and_up(servers: tuple[FlipServer, F
     prober = HealthProber(h, session, on_change=changes)
     prober.start()
     try:
-        await until(lambda: a.hits >= 2 and b.hits >= 2, "the first probe rounds")
+        await until(lambda: a.hits >= 2 and b.hits >= 2, WAIT, "the first probe rounds")
         assert h.primary.up
 
         a.status = 500
@@ -393,9 +383,9 @@ async def test_prober_survives_a_failing_callback(servers: tuple[FlipServer, Fli
     prober = HealthProber(h, session, on_change=broken)
     prober.start()
     try:
-        await until(lambda: calls == [False], "the down transition")
+        await until(lambda: calls == [False], WAIT, "the down transition")
         a.status = 200
-        await until(lambda: calls == [False, True], "the up transition after a failing callback")
+        await until(lambda: calls == [False, True], WAIT, "the up transition after a failing callback")
         assert prober.running
     finally:
         await prober.stop()
@@ -412,7 +402,7 @@ async def test_stop_cancels_an_inflight_probe_cleanly(servers: tuple[FlipServer,
     prober.start()
     task = prober._task
     assert task is not None
-    await until(lambda: a.hits >= 1, "the probe to reach the server")
+    await until(lambda: a.hits >= 1, WAIT, "the probe to reach the server")
     async with asyncio.timeout(2.0):  # far below the probe's own 30 s timeout
         await prober.stop()
     assert task.done() and task.cancelled()
@@ -433,7 +423,7 @@ async def test_cancel_from_sync_code_then_await(servers: tuple[FlipServer, FlipS
     prober.start()
     prober.start()  # idempotent: still one task
     assert len([t for t in asyncio.all_tasks() if t.get_name().startswith("health-probe")]) == 1
-    await until(lambda: a.hits >= 1, "a probe")
+    await until(lambda: a.hits >= 1, WAIT, "a probe")
     task = prober.cancel()
     assert task is not None
     with pytest.raises(asyncio.CancelledError):
@@ -486,13 +476,13 @@ async def test_registry_keeps_unchanged_services_across_reload(
     assert third["wechat"] is not first["wechat"] and third["wechat"].primary.up
     assert third["amap"] is first["amap"]
     assert third["wechat"].on_change is changes
-    await until(lambda: old_task is not None and old_task.done(), "the retired prober to end")
+    await until(lambda: old_task is not None and old_task.done(), WAIT, "the retired prober to end")
     assert len(probe_tasks()) == 1
     json.dumps(registry.status())
 
     # A removed service: its prober stops.
     registry.apply({"amap": third["amap"]})
-    await until(lambda: not probe_tasks(), "no probers left")
+    await until(lambda: not probe_tasks(), WAIT, "no probers left")
     assert registry.get("wechat") is None
 
     registry.apply(build())

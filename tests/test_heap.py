@@ -3,9 +3,7 @@ the gateway runs, and a reload's garbage is still freed."""
 
 from __future__ import annotations
 
-import asyncio
 import gc
-import time
 import weakref
 from collections.abc import Iterator
 
@@ -14,6 +12,7 @@ from mitmproxy.test import taddons
 
 from addons.chain.context import GatewayContext
 from addons.chain.heap import FrozenHeap
+from tests.conftest import until
 
 
 class RuleSet:
@@ -27,13 +26,6 @@ class RuleSet:
 def thawed() -> Iterator[None]:
     yield
     gc.unfreeze()  # the heap is the test process's own: leave it as found
-
-
-async def wait_for(condition, seconds: float = 5.0) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.01)
 
 
 async def test_running_freezes_and_done_thaws() -> None:
@@ -66,7 +58,7 @@ async def test_a_reload_thaws_at_once_and_the_old_rule_set_is_freed_before_refre
         for listener in gw.on_rules_changed:
             listener(RuleSet())
         assert gc.get_freeze_count() == 0  # thawed at once
-        await wait_for(lambda: gc.get_freeze_count() > 0)  # frozen again, after a collection
+        await until(lambda: gc.get_freeze_count() > 0, what="the refreeze")  # frozen again, after a collection
         assert gone() is None  # the old rule set did not stay frozen
         heap.done()
 

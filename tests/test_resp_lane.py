@@ -19,6 +19,7 @@ from addons.state import resp
 from addons.state.base import QuotaCheck, StateUnavailable
 from addons.state.redis import RedisStore
 from addons.state.resp import RespLane
+from tests.conftest import until
 
 
 class FakeRedis:
@@ -105,10 +106,7 @@ async def test_a_deadline_during_auth_leaves_no_connection_open() -> None:
         lane = RespLane("127.0.0.1", fake.port, password="pw")
         with pytest.raises(TimeoutError):
             await asyncio.wait_for(lane.execute("PING"), 0.05)
-        deadline = time.monotonic() + 2
-        while fake.closed < 1:
-            assert time.monotonic() < deadline, "the half-set-up connection was left open"
-            await asyncio.sleep(0.01)
+        await until(lambda: fake.closed >= 1, 2, "the half-set-up connection closed")
         assert fake.commands == [[b"AUTH", b"pw"]]  # PING was never sent on it
         lane.close()
 
@@ -150,14 +148,7 @@ async def test_a_reply_nobody_asked_for_drops_the_connection() -> None:
         lane = RespLane("127.0.0.1", fake.port)
         assert await lane.execute("PING") == 1
 
-        async def dropped() -> bool:
-            protocol = lane._protocol
-            return protocol is None or protocol.lost is not None
-
-        deadline = time.monotonic() + 2
-        while not await dropped():
-            assert time.monotonic() < deadline
-            await asyncio.sleep(0.01)
+        await until(lambda: lane._protocol is None or lane._protocol.lost is not None, 2, "the connection dropped")
         assert await lane.execute("PING") == 1  # answered on a new connection
         assert fake.connections == 2
         lane.close()

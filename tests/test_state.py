@@ -5,9 +5,8 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
@@ -18,25 +17,12 @@ from addons.state.base import Admission, QuotaCheck, StateUnavailable
 from addons.state.fallback import FallbackStore
 from addons.state.memory import MemoryStore
 from addons.state.redis import RedisStore, redact_url
-from tests.conftest import RedisServer
+from tests.conftest import RedisServer, until
 
 # Redis timeouts for tests that are not about timeouts: the production default (50 ms) can be
 # exceeded by a connection handshake on a machine busy with other work, which would turn an
 # exactness test into a flaky one. Tests about failing fast use the defaults.
 TIMEOUT = 0.5
-
-
-async def until(probe: Callable[[], Awaitable[Any]], timeout: float = 5.0, interval: float = 0.02,
-                what: str = "condition") -> Any:
-    """Await `probe` until it returns something truthy, or fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await probe()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(interval)
 
 
 async def next_second() -> float:

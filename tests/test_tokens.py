@@ -8,7 +8,7 @@ import asyncio
 import base64
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, quote_plus
@@ -29,6 +29,7 @@ from addons.outbound import OutboundRequest
 from addons.redact import Redactor
 from addons.state.memory import MemoryStore
 from addons.state.redis import RedisStore
+from tests.conftest import until
 
 SECRET = "wx-secret-0123456789abcdef"
 CLIENT_SECRET = "cl+ient/secret=&:x"  # characters that form-urlencoding must escape (RFC 6749 2.3.1)
@@ -141,19 +142,6 @@ class CountingStore:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
-
-
-async def until(probe: Callable[[], Awaitable[Any] | Any], timeout: float = 5.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.01)
 
 
 # -- fixtures -------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ shipper reading stdout never meets a line that is not JSON."""
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any
 
@@ -18,10 +19,14 @@ def stdout_for_the_access_log(master: Any) -> None:
         dumper.outfp = sys.stderr
 
 
-def termlog_to_stderr() -> None:
-    """Make mitmproxy's terminal log print to stderr from its first line on. For a launcher to call
-    before mitmproxy starts (scripts/mitmproxy_main.py): mitmproxy logs "Loading script ..." before
-    the chain is loaded, so `stdout_for_the_access_log` comes too late for that one line."""
+def termlog_to_stderr_if_asked() -> None:
+    """With GATEWAY_TERMLOG_STDERR=1 (run_proxy.sh sets it when the access log goes to stdout), make
+    mitmproxy's terminal log print to stderr from its first line on. For a launcher to call before
+    mitmproxy starts (scripts/mitmproxy_main.py, scripts/mitmdump_shared.py): mitmproxy logs
+    "Loading script ..." before the chain is loaded, so `stdout_for_the_access_log` comes too late
+    for that one line."""
+    if os.environ.get("GATEWAY_TERMLOG_STDERR") != "1":
+        return
     from mitmproxy.addons import termlog
 
     handler_init = termlog.TermLogHandler.__init__
