@@ -80,12 +80,15 @@ class Server:
 
 
 class Cluster:
-    """Three masters, no replicas, all 16384 slots assigned (`redis-cli --cluster create`)."""
+    """Three masters, all 16384 slots assigned (`redis-cli --cluster create`), each with `replicas`
+    replicas; a master whose node is unreachable for `node_timeout_ms` is replaced by its replica."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, replicas: int = 0, node_timeout_ms: int = 5000) -> None:
+        self.replicas = replicas
         self.nodes = [Server(directory / f"node{i}", "--cluster-enabled", "yes",
-                             "--cluster-config-file", f"nodes-{i}.conf", "--cluster-node-timeout", "5000")
-                      for i in range(3)]
+                             "--cluster-config-file", f"nodes-{i}.conf",
+                             "--cluster-node-timeout", str(node_timeout_ms))
+                      for i in range(3 * (1 + replicas))]
         for node in self.nodes:
             node.args += ["--cluster-port", str(free_port())]
 
@@ -98,21 +101,42 @@ class Cluster:
             node.start()
         out = subprocess.run([binary("redis-cli"), "--cluster", "create",
                               *(f"127.0.0.1:{n.port}" for n in self.nodes),
-                              "--cluster-replicas", "0", "--cluster-yes"],
+                              "--cluster-replicas", str(self.replicas), "--cluster-yes"],
                              capture_output=True, timeout=30, check=False)
         assert out.returncode == 0, out.stdout.decode(errors="replace") + out.stderr.decode(errors="replace")
         for node in self.nodes:
             wait_until(lambda node=node: "cluster_state:ok" in node.cli("CLUSTER", "INFO"), 20,
                        what=f"cluster state ok on {node.port}")
+        if self.replicas:
+            wait_until(lambda: all("master_link_status:up" in n.cli("INFO", "replication")
+                                   for n in self.nodes if n.port not in self.masters()), 20,
+                       what="every replica in sync")
         return self
+
+    def masters(self) -> set[int]:
+        """The ports of the nodes that are masters now, as the running nodes see it."""
+        for node in self.nodes:
+            if node.proc is None:
+                continue
+            lines = node.cli("CLUSTER", "NODES").splitlines()
+            return {int(line.split()[1].split(":")[1].split("@")[0]) for line in lines
+                    if "master" in line.split()[2] and "fail" not in line.split()[2]}
+        return set()
+
+    def node(self, port: int) -> Server:
+        return next(n for n in self.nodes if n.port == port)
 
     def keys(self, pattern: str) -> dict[int, list[str]]:
         """The keys matching `pattern` on each master (by port)."""
-        return {n.port: [k for k in n.cli("--scan", "--pattern", pattern).splitlines() if k] for n in self.nodes}
+        masters = self.masters()
+        return {n.port: [k for k in n.cli("--scan", "--pattern", pattern).splitlines() if k]
+                for n in self.nodes if n.port in masters}
 
     def flush(self) -> None:
+        masters = self.masters()
         for node in self.nodes:
-            node.cli("FLUSHALL")
+            if node.port in masters:
+                node.cli("FLUSHALL")
 
     def stop(self) -> None:
         for node in self.nodes:

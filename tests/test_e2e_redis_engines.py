@@ -257,6 +257,73 @@ def test_a_quota_holds_through_a_sentinel_failover(tmp_path: Path, confdir: Path
         engines.stop()
 
 
+def test_a_quota_holds_through_a_cluster_master_failover(tmp_path: Path, confdir: Path, fake: FakeProvider,
+                                                         gateways: list[Gateway]) -> None:
+    """The master holding a quota's counter dies; its replica takes over its slots (the cluster's own
+    failover, no Sentinel): the gateway follows, the count survives, and it is exact again."""
+    engine = Cluster(tmp_path / "cluster", replicas=1, node_timeout_ms=1000)
+    try:
+        engine.start()
+        serve_all(fake, "alpha", "zeta", "kappa")
+        rules = write_rules(tmp_path / "rules", {
+            "alpha.yaml": service("alpha", fake, "[{limit: 10/hour, per: service}]"),
+            "zeta.yaml": service("zeta", fake, "[{limit: 10/hour, per: service}]"),
+            "kappa.yaml": service("kappa", fake),
+            "apps.yaml": apps_file(),
+        })
+        gw = Gateway(rules, confdir, redis=engine.url).start()
+        gateways.append(gw)
+        assert state_status(gw)["engine"] == "cluster"
+        clear_of_window_edge(3600, 60)
+        before = burst([(gw, "app-a", "http://api.alpha.test/m1")] * 15)
+        assert sorted(r.status_code for r in before) == [200] * 10 + [429] * 5
+        holder = next(port for port, keys in engine.keys("gw:q:*alpha*").items() if keys)
+        doomed = engine.node(holder)
+        assert doomed.cli("WAIT", "1", "2000") == "1"  # the replica has the count
+
+        stop = threading.Event()
+        during: list[int] = []
+
+        def traffic() -> None:
+            with requests.Session() as session:
+                while not stop.is_set() and len(during) < 2000:
+                    r = session.get("http://api.kappa.test/m1", proxies=gw.proxies("app-b", APPS["app-b"]), timeout=10)
+                    during.append(r.status_code)
+                    time.sleep(0.02)
+
+        worker = threading.Thread(target=traffic)
+        worker.start()
+        try:
+            killed_at = time.monotonic()
+            doomed.stop()
+            wait_until(lambda: len(engine.masters()) == 3 and holder not in engine.masters(), 30, interval=0.2,
+                       what="the cluster promotes the replica")
+            for node in engine.nodes:
+                if node.proc is not None:
+                    wait_until(lambda node=node: "cluster_state:ok" in node.cli("CLUSTER", "INFO"), 20,
+                               interval=0.2, what=f"cluster state ok on {node.port}")
+
+            def exact_again() -> bool:
+                r = requests.get("http://api.alpha.test/m1", proxies=gw.proxies("app-a", APPS["app-a"]), timeout=10)
+                return r.status_code == 429 and "X-Gateway-Degraded" not in r.headers
+
+            wait_until(exact_again, 20, interval=0.2, what="the gateway on the promoted master")
+            print(f"exact again {time.monotonic() - killed_at:.1f}s after the master was killed")
+        finally:
+            stop.set()
+            worker.join(15)
+        assert during and all(code == 200 for code in during), Counter(during)
+
+        # Exact on the new topology: alpha's 10 survived the switch; zeta admits exactly its 10.
+        after = burst([(gw, "app-a", "http://api.alpha.test/m1")] * 5 + [(gw, "app-a", "http://api.zeta.test/m1")] * 15)
+        assert not any("X-Gateway-Degraded" in r.headers for r in after)
+        assert [r.status_code for r in after[:5]] == [429] * 5
+        assert sorted(r.status_code for r in after[5:]) == [200] * 10 + [429] * 5
+        assert state_status(gw)["available"]
+    finally:
+        engine.stop()
+
+
 # -- URLs that cannot work: named at start, not ready, never degraded --------------------------------
 
 def misconfigured_gateway(tmp_path: Path, confdir: Path, fake: FakeProvider, url: str,
