@@ -21,23 +21,32 @@ def binary(name: str) -> str:
     return path
 
 
-def command(port: int, *args: str, password: str | None = None, timeout: float = 5) -> str:
-    """One redis-cli command against 127.0.0.1:port; its output."""
+def command(port: int, *args: str, password: str | None = None, timeout: float = 5,
+            ca: Path | None = None) -> str:
+    """One redis-cli command against 127.0.0.1:port (over TLS trusting `ca` if given); its output."""
     auth = ["-a", password, "--no-auth-warning"] if password else []
-    out = subprocess.run([binary("redis-cli"), "-h", "127.0.0.1", "-p", str(port), *auth, *args],
+    tls = ["--tls", "--cacert", str(ca)] if ca else []
+    out = subprocess.run([binary("redis-cli"), "-h", "127.0.0.1", "-p", str(port), *tls, *auth, *args],
                          capture_output=True, timeout=timeout, check=False)
     return out.stdout.decode(errors="replace").strip()
 
 
 class Server:
-    """One redis-server process with extra arguments; `sentinel=True` runs it as a Sentinel."""
+    """One redis-server process with extra arguments (a Sentinel with `--sentinel`); with `tls`
+    (ca, cert, key) it speaks only TLS on its port, and so does its cluster bus."""
 
     def __init__(self, directory: Path, *args: str, port: int | None = None, config: str = "",
-                 password: str | None = None) -> None:
+                 password: str | None = None, tls: tuple[Path, Path, Path] | None = None) -> None:
         self.port = port or free_port()
         self.dir = directory
         self.dir.mkdir(parents=True, exist_ok=True)
         self.args = list(args)
+        self.ca: Path | None = None
+        if tls is not None:
+            self.ca, cert, key = tls
+            self.args += ["--tls-cert-file", str(cert), "--tls-key-file", str(key), "--tls-ca-cert-file",
+                          str(self.ca), "--tls-auth-clients", "no", "--tls-cluster", "yes",
+                          "--tls-replication", "yes"]
         self.config = config
         self.password = password
         self.proc: subprocess.Popen[bytes] | None = None
@@ -48,7 +57,8 @@ class Server:
             conf = self.dir / f"redis-{self.port}.conf"
             conf.write_text(self.config)
             cmd.append(str(conf))
-        cmd += ["--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+        ports = ["--port", "0", "--tls-port", str(self.port)] if self.ca else ["--port", str(self.port)]
+        cmd += [*ports, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
                 "--dir", str(self.dir), *self.args]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_until(self.listening, 10, what=f"redis-server on {self.port}")
@@ -61,7 +71,7 @@ class Server:
             return True
 
     def cli(self, *args: str) -> str:
-        return command(self.port, *args, password=self.password)
+        return command(self.port, *args, password=self.password, ca=self.ca)
 
     def pause(self) -> None:
         assert self.proc is not None
@@ -83,23 +93,27 @@ class Cluster:
     """Three masters, all 16384 slots assigned (`redis-cli --cluster create`), each with `replicas`
     replicas; a master whose node is unreachable for `node_timeout_ms` is replaced by its replica."""
 
-    def __init__(self, directory: Path, replicas: int = 0, node_timeout_ms: int = 5000) -> None:
+    def __init__(self, directory: Path, replicas: int = 0, node_timeout_ms: int = 5000,
+                 tls: tuple[Path, Path, Path] | None = None) -> None:
         self.replicas = replicas
+        self.ca = tls[0] if tls else None
         self.nodes = [Server(directory / f"node{i}", "--cluster-enabled", "yes",
                              "--cluster-config-file", f"nodes-{i}.conf",
-                             "--cluster-node-timeout", str(node_timeout_ms))
+                             "--cluster-node-timeout", str(node_timeout_ms), tls=tls)
                       for i in range(3 * (1 + replicas))]
         for node in self.nodes:
             node.args += ["--cluster-port", str(free_port())]
 
     @property
     def url(self) -> str:
-        return "redis+cluster://" + ",".join(f"127.0.0.1:{n.port}" for n in self.nodes)
+        nodes = ",".join(f"127.0.0.1:{n.port}" for n in self.nodes)
+        return f"rediss+cluster://{nodes}?ssl_ca_certs={self.ca}" if self.ca else f"redis+cluster://{nodes}"
 
     def start(self) -> Cluster:
         for node in self.nodes:
             node.start()
-        out = subprocess.run([binary("redis-cli"), "--cluster", "create",
+        tls = ["--tls", "--cacert", str(self.ca)] if self.ca else []
+        out = subprocess.run([binary("redis-cli"), *tls, "--cluster", "create",
                               *(f"127.0.0.1:{n.port}" for n in self.nodes),
                               "--cluster-replicas", str(self.replicas), "--cluster-yes"],
                              capture_output=True, timeout=30, check=False)
@@ -148,18 +162,20 @@ class SentinelSet:
 
     MASTER = "gwmaster"
 
-    def __init__(self, directory: Path) -> None:
-        self.master = Server(directory / "master")
-        self.replica = Server(directory / "replica")
+    def __init__(self, directory: Path, tls: tuple[Path, Path, Path] | None = None) -> None:
+        self.ca = tls[0] if tls else None
+        self.master = Server(directory / "master", tls=tls)
+        self.replica = Server(directory / "replica", tls=tls)
         self.replica.args += ["--replicaof", "127.0.0.1", str(self.master.port)]
         config = (f"sentinel monitor {self.MASTER} 127.0.0.1 {self.master.port} 1\n"
                   f"sentinel down-after-milliseconds {self.MASTER} 1000\n"
                   f"sentinel failover-timeout {self.MASTER} 10000\n")
-        self.sentinel = Server(directory / "sentinel", "--sentinel", config=config)
+        self.sentinel = Server(directory / "sentinel", "--sentinel", config=config, tls=tls)
 
     @property
     def url(self) -> str:
-        return f"redis+sentinel://127.0.0.1:{self.sentinel.port}/{self.MASTER}"
+        where = f"127.0.0.1:{self.sentinel.port}/{self.MASTER}"
+        return f"rediss+sentinel://{where}?ssl_ca_certs={self.ca}" if self.ca else f"redis+sentinel://{where}"
 
     def master_port(self) -> int:
         out = self.sentinel.cli("SENTINEL", "get-master-addr-by-name", self.MASTER).splitlines()

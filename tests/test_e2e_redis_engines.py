@@ -403,6 +403,52 @@ def test_tls_that_does_not_verify_is_named_at_start(tmp_path: Path, confdir: Pat
         server.stop()
 
 
+def test_a_cluster_over_tls_counts_exactly_and_one_that_does_not_verify_is_named(
+        tmp_path: Path, confdir: Path, fake: FakeProvider, gateways: list[Gateway]) -> None:
+    """`rediss+cluster://`: every node (and the cluster bus) speaks only TLS. With the CA the quota is
+    exact across the masters; without it the gateway names the problem and is not ready."""
+    engine = Cluster(tmp_path / "tls-cluster", tls=tls_files(tmp_path / "tls"))
+    try:
+        engine.start()
+        gw = misconfigured_gateway(tmp_path, confdir, fake, engine.url.split("?")[0], gateways)
+        assert_named(gw, "TLS certificate does not verify")
+        gw.stop()
+        good = Gateway(gw.rules, confdir, redis=engine.url).start()
+        gateways.append(good)
+        assert state_status(good)["engine"] == "cluster" and state_status(good)["misconfigured"] is None
+        clear_of_window_edge(3600, 30)
+        answers = burst([(good, "app-a", "http://api.alpha.test/m1")] * 15)
+        assert sorted(r.status_code for r in answers) == [200] * 10 + [429] * 5
+        assert not any("X-Gateway-Degraded" in r.headers for r in answers)
+        assert any(engine.keys("gw:q:*alpha*").values())  # counted in the cluster, over TLS
+    finally:
+        engine.stop()
+
+
+def test_a_sentinel_set_over_tls_counts_exactly(tmp_path: Path, confdir: Path, fake: FakeProvider,
+                                                 gateways: list[Gateway]) -> None:
+    """`rediss+sentinel://`: the Sentinel, the master and its replica speak only TLS; the gateway
+    asks the Sentinel for the master and counts there, both over TLS."""
+    engines = SentinelSet(tmp_path / "tls-sentinel", tls=tls_files(tmp_path / "tls"))
+    try:
+        engines.start()
+        serve_all(fake, "alpha")
+        rules = write_rules(tmp_path / "rules", {
+            "alpha.yaml": service("alpha", fake, "[{limit: 10/hour, per: service}]"),
+            "apps.yaml": apps_file(),
+        })
+        gw = Gateway(rules, confdir, redis=engines.url).start()
+        gateways.append(gw)
+        assert state_status(gw)["engine"] == "sentinel" and state_status(gw)["misconfigured"] is None
+        clear_of_window_edge(3600, 30)
+        answers = burst([(gw, "app-a", "http://api.alpha.test/m1")] * 15)
+        assert sorted(r.status_code for r in answers) == [200] * 10 + [429] * 5
+        assert not any("X-Gateway-Degraded" in r.headers for r in answers)
+        assert engines.master.cli("--scan", "--pattern", "gw:q:*").startswith("gw:q:")
+    finally:
+        engines.stop()
+
+
 def test_a_sentinel_without_that_master_is_named_at_start(tmp_path: Path, confdir: Path, fake: FakeProvider,
                                                            gateways: list[Gateway]) -> None:
     sentinel = Server(tmp_path / "lone-sentinel", "--sentinel", config="# monitors nothing\n").start()
