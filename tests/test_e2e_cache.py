@@ -83,7 +83,8 @@ def test_hits_misses_and_distinct_keys(tmp_path: Path, confdir: Path, fake: Fake
                                        gateways: list[Gateway]) -> None:
     counting(fake, "/geocode")
     counting(fake, "/user")
-    rules = write_rules(tmp_path / "rules", {"geo.yaml": geo_service(fake), "apps.yaml": apps_file()})
+    apps = apps_file().replace("\ngateway:", "\n  outsider: {secret: secret-o-789, allow: [other.*]}\ngateway:")
+    rules = write_rules(tmp_path / "rules", {"geo.yaml": geo_service(fake), "apps.yaml": apps})
     gw = start(gateways, rules, confdir)
 
     first = get(gw, f"/geocode?address=a&token={QUERY_SECRET}")
@@ -111,6 +112,13 @@ def test_hits_misses_and_distinct_keys(tmp_path: Path, confdir: Path, fake: Fake
     sent = requests.post("http://api.geo.test/send", json={"to": "x"}, proxies=gw.proxies("app-a", APPS["app-a"]),
                          timeout=10)
     assert sent.headers["X-Gateway-Cache"] == "bypass"
+
+    # An app outside its allow list is refused before the cache is asked: never a hit, and it says so.
+    outsider = requests.get(f"http://api.geo.test/geocode?address=a&token={QUERY_SECRET}", timeout=10,
+                            proxies=gw.proxies("outsider", "secret-o-789"))
+    assert outsider.status_code == 403 and outsider.json()["code"] == -2003
+    assert outsider.headers["X-Gateway-Cache"] == "bypass" and outsider.json().get("data") is None
+    assert len(fake.hits("/geocode")) == 2
 
     assert metric(gw, "gateway_cache_requests_total", service="geo", method="geocode", result="hit") == 1
     assert metric(gw, "gateway_cache_requests_total", service="geo", method="geocode", result="miss") == 2

@@ -8,6 +8,9 @@ from collections.abc import Awaitable
 from mitmproxy import http
 from mitmproxy.net.http import status_codes
 
+from addons.cache.policy import BYPASS
+from addons.chain.cache import HEADER as CACHE_HEADER
+from addons.chain.cache import cache_spec
 from addons.chain.connections import write_to_client
 from addons.chain.context import JSON, GatewayContext, fail, fail_closed, internal_error
 from addons.chain.identify import CHALLENGE
@@ -167,5 +170,7 @@ class Route:
             runtime = compiled.services.get(route.service)
             call.raw = mode == "raw" if mode else bool(runtime and runtime.raw)
         except GatewayError as error:
+            if cache_spec(call) is not None:  # a cached method refused before the cache was asked
+                call.headers[CACHE_HEADER] = BYPASS
             fail(flow, call, error, None)
         return None
