@@ -11,6 +11,7 @@ import hmac
 import json
 import os
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -273,6 +274,29 @@ def test_answer_from_headers_and_close(gateway: Gateway) -> None:
     line = wait_until(lambda: next((r for r in gateway.log_lines() if r["status"] == 413), None), 5,
                       what="the 413 in the access log")
     assert line["code"] == -2005  # type: ignore[index]
+
+
+def test_answer_from_headers_inside_an_https_tunnel(gateway: Gateway) -> None:
+    """The same 413 inside an intercepted HTTPS tunnel: encrypted for the caller's TLS session and
+    read by it, before the close, although no byte of the body was sent."""
+    auth = "Basic " + __import__("base64").b64encode(f"{APP}:{SECRET}".encode()).decode()
+    raw = socket.create_connection(("127.0.0.1", gateway.port), timeout=5)
+    raw.sendall(f"CONNECT svc.test:443 HTTP/1.1\r\nHost: svc.test:443\r\nProxy-Authorization: {auth}\r\n\r\n"
+                .encode())
+    reply = b""
+    while b"\r\n\r\n" not in reply:
+        chunk = raw.recv(4096)
+        assert chunk, reply
+        reply += chunk
+    assert reply.startswith(b"HTTP/1.1 200"), reply
+    context = ssl.create_default_context(cafile=gateway.ca)
+    context.set_alpn_protocols(["http/1.1"])
+    with context.wrap_socket(raw, server_hostname="svc.test") as tls:
+        tls.sendall(f"POST /upload HTTP/1.1\r\nHost: svc.test\r\nContent-Length: {100 * MIB}\r\n\r\n".encode())
+        status_code, headers, body = read_answer(tls)  # type: ignore[arg-type]
+        assert status_code == 413 and json.loads(body)["code"] == -2005, body
+        assert headers["connection"] == "close" and headers["x-gateway-code"] == "-2005"
+        assert closed_within(tls, 2)  # type: ignore[arg-type]
 
 
 # -- provider answers ----------------------------------------------------------------------------

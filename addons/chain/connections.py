@@ -8,9 +8,12 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from mitmproxy import connection, ctx, http, tcp
+from mitmproxy.proxy.layers.tls import ClientTLSLayer
+from OpenSSL import SSL
 
 from addons.chain.context import GatewayContext, fail_closed
 from addons.conntrack import ConnectionTracker
@@ -49,25 +52,35 @@ def close_client(client: connection.Client | str, reason: str) -> bool:
 
 
 def write_to_client(client: connection.Client, data: bytes) -> bool:
-    """Write raw bytes to a plain-TCP client (an HTTP/1 answer before closing). Not for TLS clients:
-    their bytes go through mitmproxy's TLS layer."""
-    if client.tls:
-        return False
+    """Write an HTTP/1 answer to a client before its connection is closed, without the HTTP layer
+    (which would read the request's body first). Over TLS the bytes are encrypted by the client's
+    own TLS session, as mitmproxy's TLS layer does for everything it sends (`TLSLayer.send_data`);
+    the connection is closed right after, so nothing else is sent on that session."""
     io = _client_io(client)
     writer = getattr(io, "writer", None)
     if writer is None or not isinstance(writer, asyncio.StreamWriter) or writer.is_closing():
         return False
-    writer.write(data)
-    return True
+    if not client.tls:
+        writer.write(data)
+        return True
+    session = _client_tls_session(client)
+    if session is None:
+        return False
+    try:
+        session.sendall(data)
+        while True:
+            try:
+                writer.write(session.bio_read(65535))
+            except SSL.WantReadError:  # all of it written
+                return True
+    except SSL.Error:
+        return False
 
 
-def buffered_body_size(flow: http.HTTPFlow) -> int | None:
-    """How much of `flow`'s request body mitmproxy has buffered so far, or None if not found.
-
-    mitmproxy calls no hook between the chunks of a body it buffers, so a chunked body has no length
-    to check in advance: its HTTP stream's buffer is looked up in the connection's layers instead."""
+def _layers(client: connection.Client) -> Iterator[Any]:
+    """The layers (and HTTP streams) of a client connection's handler, each once (at most 64)."""
     server = ctx.master.addons.get("proxyserver")
-    handler = server.connections.get(flow.client_conn.id) if server is not None else None
+    handler = server.connections.get(client.id) if server is not None else None
     stack: list[Any] = [getattr(handler, "layer", None)]
     seen: set[int] = set()
     while stack and len(seen) < 64:
@@ -75,15 +88,31 @@ def buffered_body_size(flow: http.HTTPFlow) -> int | None:
         if node is None or id(node) in seen:
             continue
         seen.add(id(node))
+        yield node
         streams = getattr(node, "streams", None)
         if isinstance(streams, dict):
-            for stream in streams.values():
-                if getattr(stream, "flow", None) is flow:
-                    return len(getattr(stream, "request_body_buf", b""))
-                stack.append(stream)
+            stack.extend(streams.values())
         # Some layers keep their child only as the bound method they delegate events to.
         stack.extend((getattr(node, "layer", None), getattr(node, "child_layer", None),
                       getattr(getattr(node, "_handle_event", None), "__self__", None)))
+
+
+def _client_tls_session(client: connection.Client) -> SSL.Connection | None:
+    """The OpenSSL session of the client's TLS layer (the caller's side of an intercepted tunnel)."""
+    for node in _layers(client):
+        if isinstance(node, ClientTLSLayer) and node.conn is client and node.tls is not None:
+            return node.tls
+    return None
+
+
+def buffered_body_size(flow: http.HTTPFlow) -> int | None:
+    """How much of `flow`'s request body mitmproxy has buffered so far, or None if not found.
+
+    mitmproxy calls no hook between the chunks of a body it buffers, so a chunked body has no length
+    to check in advance: its HTTP stream's buffer is looked up in the connection's layers instead."""
+    for node in _layers(flow.client_conn):
+        if getattr(node, "flow", None) is flow and hasattr(node, "request_body_buf"):
+            return len(node.request_body_buf)
     return None
 
 

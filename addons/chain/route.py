@@ -107,8 +107,8 @@ class Route:
                  f"Content-Length: {len(body)}", f"X-Request-ID: {call.request_id}", f"X-Gateway-Code: {code}",
                  "Connection: close", *(f"{k}: {v}" for k, v in (headers or {}).items())]
         if flow.request.http_version.startswith("HTTP/1"):
-            # Written straight to the client's socket (plain HTTP only), then closed: a TLS or HTTP/2
-            # client just sees the connection close.
+            # Written straight to the client's connection (through its TLS session in a tunnel),
+            # then closed: an HTTP/2 client just sees the connection close.
             write_to_client(flow.client_conn, ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)
         flow.kill()
 
