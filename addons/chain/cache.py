@@ -12,7 +12,7 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Coroutine
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from mitmproxy import ctx, http
@@ -23,12 +23,14 @@ from addons.cache.flight import SingleFlight
 from addons.cache.policy import BYPASS, HIT, MISS, STALE, CallCache, Entry
 from addons.cache.schema import CacheSpec, GatewayCacheSpec
 from addons.cache.stores.memory import MemoryCache
-from addons.cache.stores.redis import RedisCache
 from addons.call import Call
 from addons.chain.context import GatewayContext, Step
 from addons.explicit import EXPLICIT_HOST
 from addons.rules.fields import NAME_RE
 from addons.runtime import Compiled
+
+if TYPE_CHECKING:  # redis-py is imported only with gateway_redis set
+    from addons.cache.stores.redis import RedisCache
 
 log = logging.getLogger("gateway")
 
@@ -71,7 +73,12 @@ class Cache:
         url = ctx.options.gateway_redis.strip()
         old = self.store
         try:
-            self.store = RedisCache(url) if url else MemoryCache(self.max_memory)
+            if url:
+                from addons.cache.stores.redis import RedisCache
+
+                self.store = RedisCache(url)
+            else:
+                self.store = MemoryCache(self.max_memory)
         except ValueError:
             return  # a bad URL: the State addon refuses the option with a clear message
         self._spawn(old.close())

@@ -31,13 +31,13 @@ from addons.chain.context import GatewayContext, fail, fail_closed
 from addons.errors import Code, GatewayError
 from addons.quota.policy import quota_checks
 from addons.shaping.fair import FairQueue
-from addons.shaping.fleet import FleetBlocks
 from addons.shaping.provider import MAX_BLOCK, ProviderQuotas, observe
 from addons.shaping.schema import DEFAULT_QUEUE_MAX
 from addons.state.base import Admission, QuotaCheck, StateUnavailable
 
 if TYPE_CHECKING:
     from addons.runtime import Compiled, ServiceRuntime
+    from addons.shaping.fleet import FleetBlocks  # imported only with gateway_redis set (redis-py)
     from addons.upstream.forwarder import Result
 
 log = logging.getLogger("gateway")
@@ -116,6 +116,8 @@ class Shaping:
             self._spawn(self.fleet.close())
             self.fleet = None
         if url:
+            from addons.shaping.fleet import FleetBlocks
+
             try:
                 self.fleet = FleetBlocks(url, self._heard_block, self._service_names)
             except ValueError:

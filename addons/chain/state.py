@@ -6,16 +6,18 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Coroutine
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mitmproxy import ctx, exceptions
 
 from addons.chain.context import GatewayContext
 from addons.runtime import Compiled
 from addons.state.base import StateUnavailable
-from addons.state.fallback import FallbackStore
 from addons.state.memory import MemoryStore
-from addons.state.redis import RedisStore, StateMisconfigured, redact_url
+
+if TYPE_CHECKING:  # redis-py is imported only with gateway_redis set: a fifth of the start-up time
+    from addons.state.fallback import FallbackStore
+    from addons.state.redis import RedisStore
 
 log = logging.getLogger("gateway")
 
@@ -45,6 +47,7 @@ class State:
         self.gw = gw
         gw.on_rules_changed.append(self._rules_changed)
         self._tasks: set[asyncio.Task[None]] = set()  # referenced until done, or the loop may drop them
+        self._shared: FallbackStore | None = None  # gw.store when it is Redis with its fallback
 
     def load(self, loader) -> None:
         loader.add_option("gateway_redis", str, "",
@@ -59,7 +62,11 @@ class State:
         old = self.gw.store
         if not url:
             self.gw.store = MemoryStore()
+            self._shared = None
         else:
+            from addons.state.fallback import FallbackStore
+            from addons.state.redis import RedisStore, redact_url
+
             # Before the first rules load (the State addon configures first) the defaults apply;
             # _rules_changed sets the configured policy and instances as soon as the rules are in.
             gateway = self.gw.compiled.gateway if self.gw.compiled else None
@@ -70,26 +77,27 @@ class State:
                 raise exceptions.OptionsError(f"{exc} (got {redact_url(url)!r})") from None
             # FallbackStore logs the outage and the recovery itself, once per transition; the
             # metric counts every call that Redis did not serve.
-            self.gw.store = FallbackStore(
+            self.gw.store = self._shared = FallbackStore(
                 shared, MemoryStore(),
                 policy=gateway.state_failure if gateway else "open",
                 instances=gateway.instances if gateway else 1,
                 on_error=self.gw.metrics.state_error,
             )
             log.info("gateway: shared state in Redis (%s) at %s", shared.kind, shared.url)
-            self._spawn(self._verify(self.gw.store))
+            self._spawn(self._verify(self._shared))
         if old is not None:
             self._spawn(old.close())
 
     def _rules_changed(self, compiled: Compiled) -> None:
-        store = self.gw.store
-        if isinstance(store, FallbackStore):
-            store.configure(policy=compiled.gateway.state_failure, instances=compiled.gateway.instances)
+        if self._shared is not None:
+            self._shared.configure(policy=compiled.gateway.state_failure, instances=compiled.gateway.instances)
 
     async def _verify(self, store: FallbackStore) -> None:
         """Tell a usable URL from a misconfigured one at start (SPEC 15), and keep trying while it is
         unreachable or misconfigured: the instance is not ready while misconfigured, and becomes
         usable as soon as the mistake is fixed (a password set on the server, a certificate renewed)."""
+        from addons.state.redis import StateMisconfigured
+
         shared = store.shared
         while True:
             try:
