@@ -276,9 +276,8 @@ def test_answer_from_headers_and_close(gateway: Gateway) -> None:
     assert line["code"] == -2005  # type: ignore[index]
 
 
-def test_answer_from_headers_inside_an_https_tunnel(gateway: Gateway) -> None:
-    """The same 413 inside an intercepted HTTPS tunnel: encrypted for the caller's TLS session and
-    read by it, before the close, although no byte of the body was sent."""
+def tunnel(gateway: Gateway) -> ssl.SSLSocket:
+    """An intercepted HTTPS tunnel to svc.test through the gateway, as the app (HTTP/1.1 inside)."""
     auth = "Basic " + __import__("base64").b64encode(f"{APP}:{SECRET}".encode()).decode()
     raw = socket.create_connection(("127.0.0.1", gateway.port), timeout=5)
     raw.sendall(f"CONNECT svc.test:443 HTTP/1.1\r\nHost: svc.test:443\r\nProxy-Authorization: {auth}\r\n\r\n"
@@ -291,11 +290,32 @@ def test_answer_from_headers_inside_an_https_tunnel(gateway: Gateway) -> None:
     assert reply.startswith(b"HTTP/1.1 200"), reply
     context = ssl.create_default_context(cafile=gateway.ca)
     context.set_alpn_protocols(["http/1.1"])
-    with context.wrap_socket(raw, server_hostname="svc.test") as tls:
+    return context.wrap_socket(raw, server_hostname="svc.test")
+
+
+def test_answer_from_headers_inside_an_https_tunnel(gateway: Gateway) -> None:
+    """The same 413 inside an intercepted HTTPS tunnel: encrypted for the caller's TLS session and
+    read by it, before the close, although no byte of the body was sent."""
+    with tunnel(gateway) as tls:
         tls.sendall(f"POST /upload HTTP/1.1\r\nHost: svc.test\r\nContent-Length: {100 * MIB}\r\n\r\n".encode())
         status_code, headers, body = read_answer(tls)  # type: ignore[arg-type]
         assert status_code == 413 and json.loads(body)["code"] == -2005, body
         assert headers["connection"] == "close" and headers["x-gateway-code"] == "-2005"
+        assert closed_within(tls, 2)  # type: ignore[arg-type]
+
+
+def test_chunked_body_over_64_mib_in_a_tunnel_is_answered_413(gateway: Gateway) -> None:
+    """A chunked body has no length to judge: once what was buffered passes 64 MiB the caller gets
+    its 413 (-2005), through its TLS session, and the connection is closed. The caller stops after
+    65 MiB and reads, so no byte of its own is left unread to turn the close into a reset."""
+    with tunnel(gateway) as tls:
+        tls.sendall(b"POST /upload HTTP/1.1\r\nHost: svc.test\r\nTransfer-Encoding: chunked\r\n\r\n")
+        chunk = b"100000\r\n" + b"x" * MIB + b"\r\n"
+        for _ in range(65):
+            tls.sendall(chunk)
+        status_code, headers, body = read_answer(tls, timeout=10)  # type: ignore[arg-type]
+        assert status_code == 413 and json.loads(body)["code"] == -2005, body
+        assert "64 MiB" in json.loads(body)["message"] and headers["connection"] == "close"
         assert closed_within(tls, 2)  # type: ignore[arg-type]
 
 

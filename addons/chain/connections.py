@@ -12,11 +12,13 @@ from collections.abc import Iterator
 from typing import Any
 
 from mitmproxy import connection, ctx, http, tcp
+from mitmproxy.net.http import status_codes
 from mitmproxy.proxy.layers.tls import ClientTLSLayer
 from OpenSSL import SSL
 
-from addons.chain.context import GatewayContext, fail_closed
+from addons.chain.context import JSON, GatewayContext, fail_closed
 from addons.conntrack import ConnectionTracker
+from addons.envelope import render
 from addons.errors import Code
 from addons.explicit import EXPLICIT_HOST
 from addons.limits import MAX_BODY as MAX_SERVICE_BODY
@@ -49,6 +51,20 @@ def close_client(client: connection.Client | str, reason: str) -> bool:
         return False
     io.handler.cancel(reason)
     return True
+
+
+def write_answer(flow: http.HTTPFlow, request_id: str, code: int, status: int, message: str,
+                 headers: dict[str, str] | None = None) -> None:
+    """Answer a call whose body is not (or no longer) read, before its connection is closed: on
+    HTTP/1 straight to the client's connection (through its TLS session in a tunnel), with
+    `Connection: close`; an HTTP/2 client gets nothing here and just sees the connection end."""
+    if not flow.request.http_version.startswith("HTTP/1"):
+        return
+    body = render(code, message, None, request_id)
+    lines = [f"HTTP/1.1 {status} {status_codes.RESPONSES.get(status, '')}", "Content-Type: " + JSON,
+             f"Content-Length: {len(body)}", f"X-Request-ID: {request_id}", f"X-Gateway-Code: {code}",
+             "Connection: close", *(f"{k}: {v}" for k, v in (headers or {}).items())]
+    write_to_client(flow.client_conn, ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)
 
 
 def write_to_client(client: connection.Client, data: bytes) -> bool:
@@ -226,8 +242,10 @@ class ClientConnections:
     def _too_large(self, flow: http.HTTPFlow, size: int) -> None:
         call = self.gw.call(flow)
         call.code, call.status = Code.CALLER_INVALID, 413
+        call.message = f"request body larger than the {MAX_SERVICE_BODY // MIB} MiB a service call takes"
         call.error = (f"chunked request body passed the {MAX_SERVICE_BODY // MIB} MiB a service call takes "
                       f"({size} bytes buffered); connection closed")
+        write_answer(flow, call.request_id, call.code, call.status, call.message)
         close_client(flow.client_conn, "request body too large")
 
     @fail_closed

@@ -6,17 +6,15 @@ import logging
 from collections.abc import Awaitable
 
 from mitmproxy import http
-from mitmproxy.net.http import status_codes
 
 from addons.cache.policy import BYPASS
 from addons.chain.cache import HEADER as CACHE_HEADER
 from addons.chain.cache import cache_spec
-from addons.chain.connections import write_to_client
-from addons.chain.context import JSON, GatewayContext, fail, fail_closed, internal_error
+from addons.chain.connections import write_answer
+from addons.chain.context import GatewayContext, fail, fail_closed, internal_error
 from addons.chain.identify import CHALLENGE
 from addons.chain.websocket import is_upgrade
 from addons.chain.webview import proxy_authorization
-from addons.envelope import render
 from addons.errors import Code, GatewayError
 from addons.explicit import EXPLICIT_HOST, json_object, template_params
 from addons.identity.directory import parse_basic
@@ -102,14 +100,7 @@ class Route:
         """Answer a call from its headers alone and close the connection, leaving its body unread."""
         call = self.gw.call(flow)
         call.code, call.status, call.message, call.error = code, status, message, detail
-        body = render(code, message, None, call.request_id)
-        lines = [f"HTTP/1.1 {status} {status_codes.RESPONSES.get(status, '')}", "Content-Type: " + JSON,
-                 f"Content-Length: {len(body)}", f"X-Request-ID: {call.request_id}", f"X-Gateway-Code: {code}",
-                 "Connection: close", *(f"{k}: {v}" for k, v in (headers or {}).items())]
-        if flow.request.http_version.startswith("HTTP/1"):
-            # Written straight to the client's connection (through its TLS session in a tunnel),
-            # then closed: an HTTP/2 client just sees the connection close.
-            write_to_client(flow.client_conn, ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)
+        write_answer(flow, call.request_id, code, status, message, headers)
         flow.kill()
 
     @fail_closed
