@@ -200,61 +200,83 @@ def test_thirty_wechat_calls_across_two_gateways_on_a_cluster_fetch_one_token(
     assert APP and APP_SECRET  # the apps file of wechat_rules names this app
 
 
-# -- Sentinel --------------------------------------------------------------------------------------
+# -- failovers: Sentinel, and the cluster's own ----------------------------------------------------
+
+def failover_gateway(tmp_path: Path, confdir: Path, fake: FakeProvider, url: str,
+                     gateways: list[Gateway]) -> Gateway:
+    """A gateway on `url` whose service alpha (10/hour) is used up exactly by 15 concurrent calls,
+    and zeta (10/hour) is not touched."""
+    serve_all(fake, "alpha", "zeta", "kappa")
+    rules = write_rules(tmp_path / "rules", {
+        "alpha.yaml": service("alpha", fake, "[{limit: 10/hour, per: service}]"),
+        "zeta.yaml": service("zeta", fake, "[{limit: 10/hour, per: service}]"),
+        "kappa.yaml": service("kappa", fake),
+        "apps.yaml": apps_file(),
+    })
+    gw = Gateway(rules, confdir, redis=url).start()
+    gateways.append(gw)
+    clear_of_window_edge(3600, 60)
+    before = burst([(gw, "app-a", "http://api.alpha.test/m1")] * 15)
+    assert sorted(r.status_code for r in before) == [200] * 10 + [429] * 5
+    assert not any("X-Gateway-Degraded" in r.headers for r in before)
+    return gw
+
+
+class Traffic:
+    """Calls that need no Redis (kappa has no quota), one every 20 ms while the block runs: each
+    answer's status and whether it said X-Gateway-Degraded."""
+
+    def __init__(self, gw: Gateway) -> None:
+        self.gw = gw
+        self.answers: list[tuple[int, bool]] = []
+        self._stop = threading.Event()
+        self._worker = threading.Thread(target=self._run)
+
+    def _run(self) -> None:
+        with requests.Session() as session:
+            while not self._stop.is_set() and len(self.answers) < 2000:
+                r = session.get("http://api.kappa.test/m1", proxies=self.gw.proxies("app-b", APPS["app-b"]),
+                                timeout=10)
+                self.answers.append((r.status_code, "X-Gateway-Degraded" in r.headers))
+                time.sleep(0.02)
+
+    def __enter__(self) -> Traffic:
+        self._worker.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._worker.join(15)
+
+
+def assert_exact_after_the_switch(gw: Gateway, during: Traffic) -> None:
+    """Calls flowed throughout; alpha's 10 survived the switch; zeta admits exactly its 10."""
+    assert during.answers and all(code == 200 for code, _ in during.answers), Counter(during.answers)
+    after = burst([(gw, "app-a", "http://api.alpha.test/m1")] * 5 + [(gw, "app-a", "http://api.zeta.test/m1")] * 15)
+    assert not any("X-Gateway-Degraded" in r.headers for r in after)
+    assert [r.status_code for r in after[:5]] == [429] * 5
+    assert sorted(r.status_code for r in after[5:]) == [200] * 10 + [429] * 5
+    assert state_status(gw)["available"]
+
 
 def test_a_quota_holds_through_a_sentinel_failover(tmp_path: Path, confdir: Path, fake: FakeProvider,
                                                    gateways: list[Gateway]) -> None:
     engines = SentinelSet(tmp_path / "sentinel")
     try:
         engines.start()
-        serve_all(fake, "alpha", "zeta", "kappa")
-        rules = write_rules(tmp_path / "rules", {
-            "alpha.yaml": service("alpha", fake, "[{limit: 10/hour, per: service}]"),
-            "zeta.yaml": service("zeta", fake, "[{limit: 10/hour, per: service}]"),
-            "kappa.yaml": service("kappa", fake),
-            "apps.yaml": apps_file(),
-        })
-        gw = Gateway(rules, confdir, redis=engines.url).start()
-        gateways.append(gw)
+        gw = failover_gateway(tmp_path, confdir, fake, engines.url, gateways)
         assert state_status(gw)["engine"] == "sentinel"
-        clear_of_window_edge(3600, 60)
-        before = burst([(gw, "app-a", "http://api.alpha.test/m1")] * 15)
-        assert sorted(r.status_code for r in before) == [200] * 10 + [429] * 5
-        assert not any("X-Gateway-Degraded" in r.headers for r in before)
         # The replica has the counts (replication is asynchronous: wait for it, as a fleet would).
         assert engines.master.cli("WAIT", "1", "2000") == "1"
-
-        # Calls keep flowing while the master dies and the replica is promoted.
-        stop = threading.Event()
-        during: list[tuple[int, bool]] = []
-
-        def traffic() -> None:
-            with requests.Session() as session:
-                while not stop.is_set() and len(during) < 2000:
-                    r = session.get("http://api.kappa.test/m1", proxies=gw.proxies("app-b", APPS["app-b"]), timeout=10)
-                    during.append((r.status_code, "X-Gateway-Degraded" in r.headers))
-                    time.sleep(0.02)
-
-        worker = threading.Thread(target=traffic)
-        worker.start()
-        try:
+        with Traffic(gw) as during:
             old = engines.master.port
             engines.master.stop()
             wait_until(lambda: engines.master_port() == engines.replica.port, 30, interval=0.2,
                        what="sentinel promotes the replica")
-            wait_until(lambda: state_status(gw)["available"] and during and not during[-1][1], 20, interval=0.2,
-                       what="the gateway on the new master")
-        finally:
-            stop.set()
-            worker.join(15)
+            wait_until(lambda: state_status(gw)["available"] and during.answers and not during.answers[-1][1],
+                       20, interval=0.2, what="the gateway on the new master")
         assert old != engines.replica.port
-        assert during and all(code == 200 for code, _ in during), Counter(during)
-
-        # Exact on the new master: alpha's 10 survived the switch; zeta admits exactly its 10.
-        after = burst([(gw, "app-a", "http://api.alpha.test/m1")] * 5 + [(gw, "app-a", "http://api.zeta.test/m1")] * 15)
-        assert not any("X-Gateway-Degraded" in r.headers for r in after)
-        assert [r.status_code for r in after[:5]] == [429] * 5
-        assert sorted(r.status_code for r in after[5:]) == [200] * 10 + [429] * 5
+        assert_exact_after_the_switch(gw, during)
     finally:
         engines.stop()
 
@@ -262,40 +284,21 @@ def test_a_quota_holds_through_a_sentinel_failover(tmp_path: Path, confdir: Path
 def test_a_quota_holds_through_a_cluster_master_failover(tmp_path: Path, confdir: Path, fake: FakeProvider,
                                                          gateways: list[Gateway]) -> None:
     """The master holding a quota's counter dies; its replica takes over its slots (the cluster's own
-    failover, no Sentinel): the gateway follows, the count survives, and it is exact again."""
+    failover, no Sentinel): the gateway follows the new slot map, and the count survives."""
     engine = Cluster(tmp_path / "cluster", replicas=1, node_timeout_ms=1000)
     try:
         engine.start()
-        serve_all(fake, "alpha", "zeta", "kappa")
-        rules = write_rules(tmp_path / "rules", {
-            "alpha.yaml": service("alpha", fake, "[{limit: 10/hour, per: service}]"),
-            "zeta.yaml": service("zeta", fake, "[{limit: 10/hour, per: service}]"),
-            "kappa.yaml": service("kappa", fake),
-            "apps.yaml": apps_file(),
-        })
-        gw = Gateway(rules, confdir, redis=engine.url).start()
-        gateways.append(gw)
+        gw = failover_gateway(tmp_path, confdir, fake, engine.url, gateways)
         assert state_status(gw)["engine"] == "cluster"
-        clear_of_window_edge(3600, 60)
-        before = burst([(gw, "app-a", "http://api.alpha.test/m1")] * 15)
-        assert sorted(r.status_code for r in before) == [200] * 10 + [429] * 5
         holder = next(port for port, keys in engine.keys("gw:q:*alpha*").items() if keys)
         doomed = engine.node(holder)
         assert doomed.cli("WAIT", "1", "2000") == "1"  # the replica has the count
 
-        stop = threading.Event()
-        during: list[int] = []
+        def exact_again() -> bool:
+            r = requests.get("http://api.alpha.test/m1", proxies=gw.proxies("app-a", APPS["app-a"]), timeout=10)
+            return r.status_code == 429 and "X-Gateway-Degraded" not in r.headers
 
-        def traffic() -> None:
-            with requests.Session() as session:
-                while not stop.is_set() and len(during) < 2000:
-                    r = session.get("http://api.kappa.test/m1", proxies=gw.proxies("app-b", APPS["app-b"]), timeout=10)
-                    during.append(r.status_code)
-                    time.sleep(0.02)
-
-        worker = threading.Thread(target=traffic)
-        worker.start()
-        try:
+        with Traffic(gw) as during:
             killed_at = time.monotonic()
             doomed.stop()
             wait_until(lambda: len(engine.masters()) == 3 and holder not in engine.masters(), 30, interval=0.2,
@@ -304,24 +307,9 @@ def test_a_quota_holds_through_a_cluster_master_failover(tmp_path: Path, confdir
                 if node.proc is not None:
                     wait_until(lambda node=node: "cluster_state:ok" in node.cli("CLUSTER", "INFO"), 20,
                                interval=0.2, what=f"cluster state ok on {node.port}")
-
-            def exact_again() -> bool:
-                r = requests.get("http://api.alpha.test/m1", proxies=gw.proxies("app-a", APPS["app-a"]), timeout=10)
-                return r.status_code == 429 and "X-Gateway-Degraded" not in r.headers
-
             wait_until(exact_again, 20, interval=0.2, what="the gateway on the promoted master")
             print(f"exact again {time.monotonic() - killed_at:.1f}s after the master was killed")
-        finally:
-            stop.set()
-            worker.join(15)
-        assert during and all(code == 200 for code in during), Counter(during)
-
-        # Exact on the new topology: alpha's 10 survived the switch; zeta admits exactly its 10.
-        after = burst([(gw, "app-a", "http://api.alpha.test/m1")] * 5 + [(gw, "app-a", "http://api.zeta.test/m1")] * 15)
-        assert not any("X-Gateway-Degraded" in r.headers for r in after)
-        assert [r.status_code for r in after[:5]] == [429] * 5
-        assert sorted(r.status_code for r in after[5:]) == [200] * 10 + [429] * 5
-        assert state_status(gw)["available"]
+        assert_exact_after_the_switch(gw, during)
     finally:
         engine.stop()
 
@@ -415,13 +403,8 @@ def test_a_cluster_over_tls_counts_exactly_and_one_that_does_not_verify_is_named
         gw = misconfigured_gateway(tmp_path, confdir, fake, engine.url.split("?")[0], gateways)
         assert_named(gw, "TLS certificate does not verify")
         gw.stop()
-        good = Gateway(gw.rules, confdir, redis=engine.url).start()
-        gateways.append(good)
+        good = failover_gateway(tmp_path, confdir, fake, engine.url, gateways)  # alpha's 10 admitted
         assert state_status(good)["engine"] == "cluster" and state_status(good)["misconfigured"] is None
-        clear_of_window_edge(3600, 30)
-        answers = burst([(good, "app-a", "http://api.alpha.test/m1")] * 15)
-        assert sorted(r.status_code for r in answers) == [200] * 10 + [429] * 5
-        assert not any("X-Gateway-Degraded" in r.headers for r in answers)
         assert any(engine.keys("gw:q:*alpha*").values())  # counted in the cluster, over TLS
     finally:
         engine.stop()
@@ -434,18 +417,8 @@ def test_a_sentinel_set_over_tls_counts_exactly(tmp_path: Path, confdir: Path, f
     engines = SentinelSet(tmp_path / "tls-sentinel", tls=tls_files(tmp_path / "tls"))
     try:
         engines.start()
-        serve_all(fake, "alpha")
-        rules = write_rules(tmp_path / "rules", {
-            "alpha.yaml": service("alpha", fake, "[{limit: 10/hour, per: service}]"),
-            "apps.yaml": apps_file(),
-        })
-        gw = Gateway(rules, confdir, redis=engines.url).start()
-        gateways.append(gw)
+        gw = failover_gateway(tmp_path, confdir, fake, engines.url, gateways)  # alpha's 10 admitted
         assert state_status(gw)["engine"] == "sentinel" and state_status(gw)["misconfigured"] is None
-        clear_of_window_edge(3600, 30)
-        answers = burst([(gw, "app-a", "http://api.alpha.test/m1")] * 15)
-        assert sorted(r.status_code for r in answers) == [200] * 10 + [429] * 5
-        assert not any("X-Gateway-Degraded" in r.headers for r in answers)
         assert engines.master.cli("--scan", "--pattern", "gw:q:*").startswith("gw:q:")
     finally:
         engines.stop()
