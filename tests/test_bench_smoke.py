@@ -38,7 +38,7 @@ def test_bench_direct_and_bare_rows(tmp_path: Path) -> None:
     # GATEWAY_CONFDIR: the CA goes to a scratch directory, never into the repository's certs/.
     env = dict(os.environ, BENCH_PYTHON=sys.executable, TMPDIR=str(tmp_path), GATEWAY_CONFDIR=str(tmp_path / "ca"))
     proc = subprocess.run(
-        [str(ROOT / "bench" / "run.sh"), "--duration", "2", "--rounds", "2", "--warmup", "1",
+        [str(ROOT / "bench" / "run.sh"), "--duration", "1", "--rounds", "2", "--warmup", "1",
          "--first-warmup", "1", "--rows", "direct,bare,bare-lean,bare-100k", "--json", str(results)],
         env=env, capture_output=True, text=True, timeout=280, stdin=subprocess.DEVNULL,
     )
