@@ -306,13 +306,15 @@ def test_answer_from_headers_inside_an_https_tunnel(gateway: Gateway) -> None:
 
 def test_chunked_body_over_64_mib_in_a_tunnel_is_answered_413(gateway: Gateway) -> None:
     """A chunked body has no length to judge: once what was buffered passes 64 MiB the caller gets
-    its 413 (-2005), through its TLS session, and the connection is closed. The caller stops after
-    65 MiB and reads, so no byte of its own is left unread to turn the close into a reset."""
+    its 413 (-2005), through its TLS session, and the connection is closed. The caller sends
+    exactly 64 MiB and then one byte, and reads: the limit is passed only by the last byte, so no
+    byte of the caller's is left unread to turn the close into a reset."""
     with tunnel(gateway) as tls:
         tls.sendall(b"POST /upload HTTP/1.1\r\nHost: svc.test\r\nTransfer-Encoding: chunked\r\n\r\n")
         chunk = b"100000\r\n" + b"x" * MIB + b"\r\n"
-        for _ in range(65):
+        for _ in range(64):
             tls.sendall(chunk)
+        tls.sendall(b"1\r\nx\r\n")
         status_code, headers, body = read_answer(tls, timeout=10)  # type: ignore[arg-type]
         assert status_code == 413 and json.loads(body)["code"] == -2005, body
         assert "64 MiB" in json.loads(body)["message"] and headers["connection"] == "close"
