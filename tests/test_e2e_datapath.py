@@ -121,6 +121,14 @@ def gw(tmp_path_factory: pytest.TempPathFactory, confdir: Path, provider: FakePr
             hosts: [slow.test]
             upstream: {{url: "{url}", timeout: 500ms}}
         """,
+        # A wildcard host (an S3-style bucket subdomain): the provider sees the host the caller named.
+        "wild.yaml": f"""
+            service: wild
+            hosts: ["*.wild.test"]
+            upstream: {{url: "{url}"}}
+            methods:
+              get: {{method: GET, path: /object}}
+        """,
         "apps.yaml": f"""
             apps:
               order: {{secret: {SECRET}}}
@@ -248,6 +256,15 @@ def test_transparent_call_goes_to_the_upstream_url_with_its_base_path_and_key(
     seen = provider.hits("/base/items/special")[-1]
     assert seen.headers["x-api-key"] == KEY  # replaced, not merged
     assert seen.headers["host"] == f"127.0.0.1:{provider.port}"
+
+
+def test_a_wildcard_host_reaches_the_provider_as_the_caller_named_it_port_included(
+        gw: Gateway, provider: FakeProvider) -> None:
+    provider.on("GET", "/object", Reply(200, {"ok": True}))
+    for named in ("bucket-1.wild.test", "bucket-2.wild.test:8080"):
+        answer = call(gw, f"http://{named}/object")
+        assert answer.json()["code"] == 0, answer.text
+        assert provider.hits("/object")[-1].headers["host"] == named  # the connection: the rule's upstream
 
 
 def test_explicit_gateway_local_call_fills_the_template_from_the_query(gw: Gateway, provider: FakeProvider) -> None:

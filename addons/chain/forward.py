@@ -73,7 +73,7 @@ class Forward:
                                 data=verdict.result_data)
             else:
                 base = outbound_from(flow, call.request_id, method, route.path, route.consumed)
-                base.named_host = route.named_host
+                base.named_host = _named_authority(route.named_host, flow.request)
                 if call.host == EXPLICIT_HOST:
                     _explicit_params(flow, base, route.consumed)
                 on_attempt = None
@@ -135,3 +135,11 @@ class Forward:
             response.headers["X-Gateway-Code"] = str(result.code)
         call.code, call.status, call.message = result.code, response.status_code, result.message
         flow.response = response
+
+
+def _named_authority(named_host: str, request: http.Request) -> str:
+    """The Host a wildcard call carries to the provider: the caller's host, with its port unless that
+    is the scheme's default (a bucket of an S3-compatible store on :9000 keeps its :9000)."""
+    if not named_host or (request.scheme, request.port) in (("http", 80), ("https", 443)):
+        return named_host
+    return f"{named_host}:{request.port}"
