@@ -57,7 +57,8 @@ def write_answer(flow: http.HTTPFlow, request_id: str, code: int, status: int, m
                  headers: dict[str, str] | None = None) -> None:
     """Answer a call whose body is not (or no longer) read, before its connection is closed: on
     HTTP/1 straight to the client's connection (through its TLS session in a tunnel), with
-    `Connection: close`; an HTTP/2 client gets nothing here and just sees the connection end."""
+    `Connection: close`. Nothing on HTTP/2: that caller sees its stream reset or its connection
+    closed (an answer before RST_STREAM was tried; neither curl nor httpx showed it, see README)."""
     if not flow.request.http_version.startswith("HTTP/1"):
         return
     body = render(code, message, None, request_id)
