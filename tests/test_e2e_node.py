@@ -30,9 +30,14 @@ def node() -> str:
     return path
 
 
-def run(gw: Gateway, url: str, **env: str) -> dict:
-    done = subprocess.run([node(), str(NODE_DIR / "get.js"), url], capture_output=True, text=True, timeout=30,
+def node_get(gw: Gateway, url: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """tests/node/get.js: one GET through the gateway as the app, with these extra variables."""
+    return subprocess.run([node(), str(NODE_DIR / "get.js"), url], capture_output=True, text=True, timeout=30,
                           env={**os.environ, "GW_PROXY": gw.proxy(APP, APP_SECRET), **env})
+
+
+def run(gw: Gateway, url: str, **env: str) -> dict:
+    done = node_get(gw, url, **env)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)  # type: ignore[no-any-return]
 
@@ -65,7 +70,6 @@ def test_node_https_through_the_gateway(tmp_path: Path, confdir: Path, fake: Fak
     assert len(hits) == 2 and all(h.headers["x-api-key"] == INJECTED for h in hits)
     assert all("proxy-authorization" not in h.headers for h in hits)
     # Without the CA, Node refuses the gateway's certificate: the trust step is needed, not decoration.
-    refused = subprocess.run([node(), str(NODE_DIR / "get.js"), "https://api.demo.test/hello"], capture_output=True,
-                             text=True, timeout=30, env={**os.environ, "GW_PROXY": gw.proxy(APP, APP_SECRET)})
+    refused = node_get(gw, "https://api.demo.test/hello")
     assert refused.returncode == 1 and "certificate" in refused.stderr.lower(), refused.stderr
     assert len(fake.hits("/v1/hello")) == 2

@@ -4,7 +4,7 @@ answers the caller with the envelope, or with the provider's own bytes when the 
 from __future__ import annotations
 
 from mitmproxy import http
-from mitmproxy.net.http import status_codes
+from mitmproxy.net.http import status_codes, url
 from multidict import CIMultiDict
 
 from addons.call import Call
@@ -140,6 +140,4 @@ class Forward:
 def _named_authority(named_host: str, request: http.Request) -> str:
     """The Host a wildcard call carries to the provider: the caller's host, with its port unless that
     is the scheme's default (a bucket of an S3-compatible store on :9000 keeps its :9000)."""
-    if not named_host or (request.scheme, request.port) in (("http", 80), ("https", 443)):
-        return named_host
-    return f"{named_host}:{request.port}"
+    return url.hostport(request.scheme, named_host, request.port) if named_host else ""
